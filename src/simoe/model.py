@@ -1,0 +1,397 @@
+"""SIMoEModel: a frozen Hugging Face causal LM upcycled into a Sparse Interpolated MoE.
+
+    model = SIMoEModel.from_base(AutoModelForCausalLM.from_pretrained(name), SIMoEConfig())
+    out = model(input_ids, attention_mask, labels)          # routes, then runs the wrapped LM
+    model.generate(input_ids, attention_mask=mask)          # routes once on the prompt
+    model.save_pretrained(d); SIMoEModel.from_pretrained(d)  # SIMoE state only, safetensors
+    dense = model.merge_and_unload(alpha)                    # a plain PreTrainedModel
+
+One forward pass: (1) the router reads the prompt with every delta off (or takes a cached
+routing embedding / an explicit alpha), (2) alpha is stored in the shared RoutingState,
+(3) the wrapped model runs; each SIMoE layer adds (x * alpha@Z) theta_delta^T to its output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import SIMoEConfig
+from .layers import (
+    GatedDelta,
+    RoutingState,
+    SIMoEEmbedding,
+    SIMoELayer,
+    SIMoELinear,
+    SIMoENorm,
+    is_linear,
+    is_norm,
+)
+from .router import Router, TaskRouter, position_ids_from_mask, routing_positions
+
+WEIGHTS_NAME = "simoe_model.safetensors"
+
+
+@dataclasses.dataclass
+class SIMoECausalLMOutput(CausalLMOutputWithPast):
+    """The wrapped model's causal-LM output plus the mixing weights alpha ([B, M] or [B, T, M])."""
+
+    alpha: torch.Tensor | None = None
+
+
+def find_targets(model: nn.Module, config: SIMoEConfig) -> dict[str, str]:
+    """Module name -> kind ('linear', 'norm', 'embedding') of every module SIMoE wraps.
+
+    Found by module type (nn.Linear, transformers' Conv1D, any norm with a 1-D scale), so no
+    per-architecture list of names is needed. Embeddings and the LM head are opt-in.
+    """
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    in_emb = get_in() if get_in else None
+    out_emb = get_out() if get_out else None
+    targets: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SIMoELayer):
+            raise ValueError(f"module {name!r} is already a SIMoE layer; wrap a plain model")
+        if module is out_emb and out_emb is not None:
+            kind = "linear" if config.target_lm_head and is_linear(module) else None
+        elif module is in_emb and in_emb is not None:
+            kind = "embedding" if config.target_embeddings and isinstance(module, nn.Embedding) \
+                else None
+        elif is_linear(module):
+            kind = "linear" if config.target_linear else None
+        elif is_norm(module):
+            kind = "norm" if config.target_norms else None
+        else:
+            kind = None
+        if kind is None:
+            continue
+        if config.include and not any(re.search(p, name) for p in config.include):
+            continue
+        if any(re.search(p, name) for p in config.exclude):
+            continue
+        targets[name] = kind
+    return targets
+
+
+_WRAPPERS = {"linear": SIMoELinear, "norm": SIMoENorm, "embedding": SIMoEEmbedding}
+
+
+class SIMoEModel(nn.Module):
+    """A frozen causal LM whose targeted parameters are theta_pre + sum_i alpha_i z_i * theta_delta.
+
+    Build with :meth:`from_base` or :meth:`from_pretrained`.
+    """
+
+    def __init__(self, base_model: PreTrainedModel, config: SIMoEConfig) -> None:
+        super().__init__()
+        body = getattr(base_model, "base_model", None)
+        if body is None or body is base_model or not hasattr(base_model, "generate"):
+            raise ValueError(
+                f"unsupported architecture {type(base_model).__name__}: SIMoE wraps a transformers "
+                "causal LM (AutoModelForCausalLM) whose transformer body is reachable as "
+                "`model.base_model`")
+        config = dataclasses.replace(config)
+        if config.base_model_name_or_path is None:
+            config.base_model_name_or_path = getattr(base_model.config, "_name_or_path", None) \
+                or None
+        self.simoe_config = config
+        self.base_model = base_model
+        self.state = RoutingState(config.gate_mode)
+        for p in base_model.parameters():
+            p.requires_grad_(False)
+
+        targets = find_targets(base_model, config)
+        if not targets:
+            raise ValueError(
+                f"nothing to target in {type(base_model).__name__}: no module matched the SIMoE "
+                f"targets (linear={config.target_linear}, norms={config.target_norms}, "
+                f"include={config.include}, exclude={config.exclude})")
+        self._layers: list[tuple[str, SIMoELayer]] = []
+        for name, kind in targets.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = base_model.get_submodule(parent_name)
+            layer = _WRAPPERS[kind](getattr(parent, child), self.state, config.num_experts,
+                                    config.init_drop_prob, config.init_noise_std,
+                                    target_bias=config.target_biases)
+            setattr(parent, child, layer)
+            self._layers.append((name, layer))
+
+        device = base_model.get_input_embeddings().weight.device
+        if config.routing == "task":
+            self.router: nn.Module = TaskRouter(config.num_tasks, config.num_experts, device)
+        else:
+            hidden = base_model.config.get_text_config().hidden_size
+            self.router = Router(hidden, config.num_experts, config.router_hidden_size, device)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_base(cls, model: PreTrainedModel, config: SIMoEConfig | None = None) -> SIMoEModel:
+        """Freeze ``model`` and wrap every targeted module; the result equals ``model`` at init."""
+        return cls(model, config or SIMoEConfig())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        base_model: PreTrainedModel | None = None,
+                        **base_model_kwargs: Any) -> SIMoEModel:
+        """Load a SIMoE checkpoint onto ``base_model`` (default: the saved base name or path)."""
+        directory = Path(directory)
+        config = SIMoEConfig.load(directory)
+        if base_model is None:
+            if not config.base_model_name_or_path:
+                raise ValueError(
+                    f"{directory}: the checkpoint names no base model; pass base_model")
+            base_model = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path,
+                                                              **base_model_kwargs)
+        model = cls(base_model, config)
+        model.load_simoe_state_dict(load_file(directory / WEIGHTS_NAME))
+        return model
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def config(self):  # noqa: ANN201 - the wrapped model's PretrainedConfig
+        return self.base_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.base_model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_model.dtype
+
+    def simoe_layers(self) -> list[tuple[str, SIMoELayer]]:
+        """(module name in the base model, layer) for every wrapped module."""
+        return list(self._layers)
+
+    def gated_deltas(self) -> Iterator[tuple[str, GatedDelta]]:
+        """(parameter name, GatedDelta) for every gated tensor, e.g. 'model.norm.weight'."""
+        for name, layer in self._layers:
+            for pname, gd in layer.gated_deltas().items():
+                yield f"{name}.{pname}", gd
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: base, targeted base, live delta, gates, router, trainable, stored."""
+        base = sum(p.numel() for n, p in self.base_model.named_parameters()
+                   if not _is_simoe_param(n))
+        delta = gates = targeted = 0
+        for _, gd in self.gated_deltas():
+            delta += gd.delta.numel()
+            gates += gd.log_alpha.numel()
+            targeted += gd.full_size * gd.params_per_gate
+        router = sum(p.numel() for p in self.router.parameters())
+        return {"base": base, "targeted_base": targeted, "delta": delta, "gates": gates,
+                "router": router, "trainable": delta + gates + router,
+                "total_stored": base + delta + gates + router}
+
+    def parameter_groups(self, delta_lr: float, gate_lr: float, router_lr: float,
+                         weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        """Optimiser groups with their own learning rates; no weight decay on gates."""
+        deltas = [gd.delta for _, gd in self.gated_deltas()]
+        gates = [gd.log_alpha for _, gd in self.gated_deltas()]
+        return [
+            {"name": "deltas", "params": deltas, "lr": delta_lr, "weight_decay": weight_decay},
+            {"name": "gates", "params": gates, "lr": gate_lr, "weight_decay": 0.0},
+            {"name": "router", "params": list(self.router.parameters()), "lr": router_lr,
+             "weight_decay": weight_decay},
+        ]
+
+    # ------------------------------------------------------------------ routing
+    @torch.no_grad()
+    def routing_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          routing_index: torch.Tensor | None = None,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen base model's last hidden state at the routing position ([B, H]), or at
+        every position for token routing ([B, T, H]). Deltas are off; no grad; eval mode."""
+        body = self.base_model.base_model
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+            kwargs["position_ids"] = position_ids_from_mask(attention_mask)
+        was_enabled, was_training = self.state.enabled, body.training
+        self.state.enabled = False
+        body.eval()
+        try:
+            hidden = body(input_ids=input_ids, **kwargs)[0]
+        finally:
+            self.state.enabled = was_enabled
+            body.train(was_training)
+        if self.simoe_config.routing == "token":
+            return hidden
+        if routing_index is None:
+            routing_index = routing_positions(input_ids, attention_mask, labels)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), routing_index]
+
+    def route(self, input_ids: torch.Tensor | None = None,
+              attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+              routing_index: torch.Tensor | None = None,
+              routing_embedding: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+              task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """alpha for a batch: explicit, else from task ids, a routing embedding or the prompt."""
+        m = self.simoe_config.num_experts
+        if alpha is not None:
+            alpha = torch.as_tensor(alpha, device=self.device, dtype=torch.float32)
+            if alpha.shape[-1] != m:
+                raise ValueError(f"alpha must have {m} expert weights in its last dim, "
+                                 f"got shape {tuple(alpha.shape)}")
+            if alpha.dim() == 1:
+                batch = input_ids.shape[0] if input_ids is not None else 1
+                alpha = alpha.expand(batch, m)
+            return alpha
+        if self.simoe_config.routing == "task":
+            if task_ids is None:
+                raise ValueError("routing='task' needs task_ids (or an explicit alpha)")
+            return self.router(task_ids.to(self.device))
+        if routing_embedding is None:
+            if input_ids is None:
+                raise ValueError("routing needs input_ids, a routing_embedding or alpha")
+            routing_embedding = self.routing_embedding(input_ids, attention_mask, routing_index,
+                                                       labels)
+        return self.router(routing_embedding.to(self.device))
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, routing_index: torch.Tensor | None = None,
+                routing_embedding: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+                task_ids: torch.Tensor | None = None, **kwargs: Any) -> SIMoECausalLMOutput:
+        """Route (unless alpha/routing_embedding is given), then run the wrapped causal LM."""
+        a = self.route(input_ids, attention_mask, labels, routing_index, routing_embedding, alpha,
+                       task_ids)
+        # Kept after the forward returns: gradient checkpointing re-runs layers in backward.
+        self.state.alpha = a
+        out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                              **kwargs)
+        return SIMoECausalLMOutput(loss=out.loss, logits=out.logits,
+                                   past_key_values=getattr(out, "past_key_values", None),
+                                   hidden_states=out.hidden_states, attentions=out.attentions,
+                                   alpha=a)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 routing_embedding: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
+                 task_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """transformers' generate with alpha fixed by routing once on the prompt (last non-pad
+        token). Token routing re-routes every step and therefore decodes without a KV cache."""
+        if self.simoe_config.routing != "token" or alpha is not None:
+            self.state.alpha = self.route(input_ids, attention_mask, None, None,
+                                          routing_embedding, alpha, task_ids)
+            return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                            **kwargs)
+
+        def reroute(_module: nn.Module, args: tuple, kw: dict) -> None:
+            ids = kw.get("input_ids", args[0] if args else None)
+            self.state.alpha = self.route(ids, kw.get("attention_mask"))
+
+        handle = self.base_model.register_forward_pre_hook(reroute, with_kwargs=True)
+        try:
+            return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                            use_cache=False, **kwargs)
+        finally:
+            handle.remove()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None
+                                      ) -> None:
+        """Checkpoint the wrapped model's blocks (non-reentrant by default)."""
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.base_model.config.use_cache = False
+
+    # ------------------------------------------------------------------ pruning, merging
+    @torch.no_grad()
+    def prune(self) -> dict[str, int]:
+        """Remove columns whose gate is zero for every expert; returns columns before/after."""
+        before = after = 0
+        for _, gd in self.gated_deltas():
+            before += gd.num_live
+            keep = (gd.gates("deterministic") > 0).any(dim=0)
+            gd.keep_columns(keep)
+            after += gd.num_live
+        return {"columns_before": before, "columns_after": after}
+
+    @torch.no_grad()
+    def merge_and_unload(self, alpha: torch.Tensor | list[float]) -> PreTrainedModel:
+        """The wrapped model with ``W_pre + theta_delta diag(alpha @ Z)`` written into every
+        targeted parameter: a plain PreTrainedModel. Done in place; this SIMoEModel is spent."""
+        m = self.simoe_config.num_experts
+        alpha = torch.as_tensor(alpha, dtype=torch.float32, device=self.device).reshape(-1)
+        if alpha.numel() != m:
+            raise ValueError(
+                f"merge_and_unload needs one alpha of {m} weights, got {alpha.numel()}")
+        model = self.base_model
+        in_emb, out_emb = model.get_input_embeddings(), model.get_output_embeddings()
+        tied = out_emb is not None and getattr(in_emb, "weight", None) is getattr(out_emb, "weight",
+                                                                                  None)
+        for name, layer in self._layers:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, layer.merge(alpha))
+        self._layers = []
+        self.state.alpha = None
+        if tied and model.get_input_embeddings().weight is not model.get_output_embeddings().weight:
+            model.config.tie_word_embeddings = False
+            model.config.get_text_config().tie_word_embeddings = False
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    # ------------------------------------------------------------------ save / load
+    def simoe_state_dict(self) -> dict[str, torch.Tensor]:
+        """The SIMoE state only: live_idx, delta and log_alpha per gated tensor, router weights."""
+        state: dict[str, torch.Tensor] = {}
+        for name, gd in self.gated_deltas():
+            state[f"{name}.live_idx"] = gd.live_idx
+            state[f"{name}.delta"] = gd.delta.detach()
+            state[f"{name}.log_alpha"] = gd.log_alpha.detach()
+        for key, value in self.router.state_dict().items():
+            state[f"router.{key}"] = value
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def load_simoe_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`simoe_state_dict` output (possibly pruned) with shape checks."""
+        state = dict(state)
+        for name, gd in self.gated_deltas():
+            keys = [f"{name}.{t}" for t in ("live_idx", "delta", "log_alpha")]
+            missing = [k for k in keys if k not in state]
+            if missing:
+                raise ValueError(f"checkpoint lacks {missing}: was it made for another base model "
+                                 "or another SIMoE target set?")
+            gd.load_state(*(state.pop(k) for k in keys), name=name)
+        router_state = {k[len("router."):]: state.pop(k) for k in list(state)
+                        if k.startswith("router.")}
+        if state:
+            raise ValueError(f"checkpoint has tensors for modules this base model lacks: "
+                             f"{sorted(state)[:5]}... Was it made for a base model of another "
+                             "shape?")
+        try:
+            self.router.load_state_dict(router_state)
+        except RuntimeError as err:
+            raise ValueError(f"router weights do not fit this base model ({err}). Was the "
+                             "checkpoint made for a base model of another shape?") from err
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = self.simoe_state_dict()
+        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
+            tmp_path = Path(tmp.name)
+        try:
+            save_file(tensors, str(tmp_path), metadata={"format": "pt", "library": "simoe"})
+            os.replace(tmp_path, directory / WEIGHTS_NAME)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+        self.simoe_config.save(directory)
+
+
+def _is_simoe_param(name: str) -> bool:
+    return (".weight_delta." in name or ".bias_delta." in name) or name.startswith("router.")
