@@ -149,8 +149,12 @@ class GatedDelta(FP32Module):
                              f"the config says {self.log_alpha.shape[0]}")
         device = self.log_alpha.device
         self.live_idx = live_idx.to(device=device, dtype=torch.long)
-        self.delta = nn.Parameter(delta.to(device=device, dtype=torch.float32))
-        self.log_alpha = nn.Parameter(log_alpha.to(device=device, dtype=torch.float32))
+        if self.delta.shape == delta.shape:  # same parameters: optimiser references stay valid
+            self.delta.copy_(delta)
+            self.log_alpha.copy_(log_alpha)
+        else:  # a pruned checkpoint
+            self.delta = nn.Parameter(delta.to(device=device, dtype=torch.float32))
+            self.log_alpha = nn.Parameter(log_alpha.to(device=device, dtype=torch.float32))
 
 
 def _broadcast_like(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

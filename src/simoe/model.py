@@ -300,12 +300,18 @@ class SIMoEModel(nn.Module):
         finally:
             handle.remove()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None
-                                      ) -> None:
-        """Checkpoint the wrapped model's blocks (non-reentrant by default)."""
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        **kwargs: Any) -> None:
+        """Checkpoint the wrapped model's blocks (non-reentrant by default). Exact: alpha stays
+        in the routing state until the next forward, so the recomputation sees it."""
+        ckpt_kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        self.base_model.activation_checkpointing_enable(ckpt_kwargs, **kwargs)
         self.base_model.config.use_cache = False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None,
+                                      **kwargs: Any) -> None:
+        """Alias of :meth:`activation_checkpointing_enable` (transformers' older name)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ pruning, merging
     @torch.no_grad()

@@ -1,0 +1,102 @@
+"""The `simoe` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .data import DataError
+
+_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training.run import TrainJob
+
+    d = TrainJob(model="", data="", output="")
+    p = sub.add_parser("train", help="upcycle a model into SIMoE by instruction tuning",
+                       formatter_class=_FORMATTER,
+                       description="Train SIMoE; defaults follow the paper's Table 6 (SNI).")
+    p.add_argument("--model", required=True, help="base model: hub id or local path")
+    p.add_argument("--data", required=True,
+                   help="SNI-style directory, JSONL (prompt/completion or messages), or a "
+                        "Hugging Face dataset name/path")
+    p.add_argument("--output", required=True, help="run directory")
+    g = p.add_argument_group("SIMoE")
+    g.add_argument("--experts", type=int, default=d.experts, help="experts M")
+    g.add_argument("--sparsity", type=float, default=d.sparsity, help="target sparsity tau")
+    g.add_argument("--ortho", type=float, default=d.ortho, help="orthogonality weight beta")
+    g.add_argument("--routing", choices=["instance", "token", "task"], default=d.routing,
+                   help="routing level (ablation d: token)")
+    g.add_argument("--gate-mode", choices=["deterministic", "stochastic"], default=d.gate_mode,
+                   help="median gate (paper) or sampled hard-concrete gate in training")
+    g.add_argument("--constraint", choices=["mean", "union"], default=d.constraint,
+                   help="constrain the mean sparsity over experts, or the fraction of "
+                        "parameters gated off for every expert (bounds the pruned size)")
+    g.add_argument("--no-routing-cache", dest="routing_cache", action="store_false",
+                   help="re-run the routing pass every step instead of caching embeddings")
+    t = p.add_argument_group("training")
+    t.add_argument("--lr", type=float, default=d.lr, help="Adam lr of the shared deltas")
+    t.add_argument("--gate-lr", type=float, default=d.gate_lr, help="Adam lr of the gates")
+    t.add_argument("--router-lr", type=float, default=d.router_lr, help="Adam lr of the router")
+    t.add_argument("--lambda-lr", type=float, default=d.lambda_lr, help="dual ascent step")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="per-device batch")
+    t.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="gradient accumulation steps")
+    t.add_argument("--epochs", type=float, default=d.epochs, help="training epochs")
+    t.add_argument("--max-steps", type=int, default=d.max_steps, help="overrides --epochs if > 0")
+    t.add_argument("--max-source-len", type=int, default=d.max_source_len,
+                   help="prompt tokens (longer prompts lose tokens on the left)")
+    t.add_argument("--max-target-len", type=int, default=d.max_target_len,
+                   help="completion tokens, EOS included")
+    t.add_argument("--num-pos-examples", type=int, default=d.num_pos_examples,
+                   help="SNI: positive examples in the prompt")
+    t.add_argument("--max-instances-per-task", type=int, default=d.max_instances_per_task,
+                   help="SNI: instances per task")
+    t.add_argument("--seed", type=int, default=d.seed, help="seed of init and data order")
+    t.add_argument("--bf16", action="store_true", help="base model and compute in bfloat16")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--logging-steps", type=int, default=d.logging_steps,
+                   help="log vital signs every N optimiser steps")
+    t.add_argument("--save-steps", type=int, default=d.save_steps,
+                   help="checkpoint every N steps")
+    t.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="resume from the last checkpoint in --output (or the one given)")
+    t.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed records (and report how many) instead of failing")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training.run import TrainJob, train
+
+    fields = TrainJob.__dataclass_fields__
+    job = TrainJob(**{k: v for k, v in vars(args).items() if k in fields})
+    out = train(job)
+    print(f"run directory: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simoe", formatter_class=_FORMATTER,
+                                     description="Sparse Interpolated Mixture-of-Experts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `simoe` command; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        print(f"simoe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Training end to end on the real sni-mini slice with the real stories260K model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import SNI_MINI, STORIES, needs_shared
+from simoe import SIMoEModel
+from simoe.cli import main
+from simoe.training import TrainJob, train
+
+pytestmark = needs_shared
+
+SHORT = dict(model=str(STORIES), data=str(SNI_MINI), max_source_len=256, max_target_len=32,
+             batch_size=8, max_instances_per_task=20, gate_lr=0.1, lambda_lr=0.2,
+             save_steps=1000)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two 60-step runs at tau = 0.5 that differ only in the orthogonality weight."""
+    out = {}
+    for name, ortho in (("plain", 0.0), ("ortho", 1e-4)):
+        job = TrainJob(output=str(tmp_path_factory.mktemp(name)), sparsity=0.5, ortho=ortho,
+                       max_steps=60, logging_steps=10, **SHORT)
+        out[name] = train(job)
+    return out
+
+
+def test_short_run_reaches_the_sparsity_target(runs):
+    stats = json.loads((runs["plain"] / "final_stats.json").read_text())
+    assert stats["sparsity"]["mean"] >= 0.49
+    assert len(stats["sparsity"]["per_expert"]) == 8
+    assert stats["steps"] == 60
+    counts = stats["parameter_counts"]
+    assert counts["delta"] < counts["targeted_base"]  # pruned at the end
+    assert counts["total_stored"] == counts["base"] + counts["delta"] + counts["gates"] + counts[
+        "router"]
+    kept = stats["kept_capacity"]
+    assert {"q_proj", "down_proj", "input_layernorm"} <= set(kept["by_type"])
+    assert set(kept["by_depth"]) == {"0", "1", "2", "3", "4", "other"}
+    assert all(0.0 <= v["mean"] <= 1.0 for v in kept["by_type"].values())
+    overlap = stats["overlap"]
+    assert all(overlap[i][i] == 1.0 for i in range(8))
+    assert all(overlap[i][j] == overlap[j][i] for i in range(8) for j in range(8))
+
+
+def test_log_shows_lambda_rising_then_reset_and_nll_falling(runs):
+    log = _metrics(runs["plain"])
+    assert [row["step"] for row in log] == [10, 20, 30, 40, 50, 60]
+    lambdas = [row["lambda"] for row in log]
+    rising = any(0 < a < b for a, b in zip(lambdas[:-1], lambdas[1:], strict=True))
+    assert rising, lambdas
+    peak = max(range(len(lambdas)), key=lambdas.__getitem__)
+    assert 0.0 in lambdas[peak:], lambdas  # reset to 0 once the constraint holds
+    nll = [row["nll"] for row in log]
+    assert sum(nll[-2:]) / 2 < sum(nll[:2]) / 2
+    for key in ("ortho", "sparsity_mean", "sparsity_union", "sparsity_expert_7",
+                "routing_entropy", "alpha_mean_0", "expected_sparsity"):
+        assert key in log[-1]
+
+
+def test_orthogonality_weight_lowers_expert_overlap(runs):
+    plain = json.loads((runs["plain"] / "final_stats.json").read_text())
+    ortho = json.loads((runs["ortho"] / "final_stats.json").read_text())
+    assert ortho["mean_overlap"] < plain["mean_overlap"]
+
+
+def test_run_directory_loads_as_a_simoe_model(runs):
+    run = runs["plain"]
+    assert (run / "simoe_model.safetensors").is_file()
+    model = SIMoEModel.from_pretrained(run)
+    stats = json.loads((run / "final_stats.json").read_text())
+    assert model.parameter_counts() == stats["parameter_counts"]
+    ids = torch.tensor([[1, 403, 407, 261]])
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    common = dict(SHORT, max_instances_per_task=2, batch_size=4, logging_steps=1, save_steps=4,
+                  sparsity=0.5)
+    straight = train(TrainJob(output=str(tmp_path / "a"), max_steps=8, **common))
+    train(TrainJob(output=str(tmp_path / "b"), max_steps=4, **common))
+    resumed = train(TrainJob(output=str(tmp_path / "b"), max_steps=8, resume=True, **common))
+    a, b = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert [r["lambda"] for r in a] == [r["lambda"] for r in b]
+    assert any(r["lambda"] > 0 for r in a[4:])  # lambda had to be restored, not restarted
+
+
+def test_routing_cache_matches_inline_routing_and_is_keyed(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simoe.data import SIMoECollator, encode_examples, load_examples
+    from simoe.training import load_or_compute
+
+    tok = AutoTokenizer.from_pretrained(STORIES)
+    tok.pad_token = tok.eos_token
+    examples = load_examples(str(SNI_MINI), max_instances_per_task=1)[:12]
+    model = SIMoEModel.from_base(AutoModelForCausalLM.from_pretrained(STORIES))
+    enc = encode_examples(examples, tok, 256, 32)
+    cached = load_or_compute(model, tok, enc, tmp_path, batch_size=5)
+    batch = SIMoECollator(tok)(enc)  # right-padded training batch, routed from its labels
+    inline = model.routing_embedding(batch["input_ids"], batch["attention_mask"],
+                                     labels=batch["labels"])
+    assert torch.allclose(cached, inline, atol=1e-4)
+    files = list(tmp_path.glob("routing-*.safetensors"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    again = load_or_compute(model, tok, enc, tmp_path)
+    assert torch.equal(again, cached) and files[0].stat().st_mtime_ns == mtime  # a hit
+    shorter = encode_examples(examples, tok, 64, 32)  # another max length: another key
+    load_or_compute(model, tok, shorter, tmp_path)
+    assert [p.name for p in tmp_path.glob("routing-*.safetensors")] != [files[0].name]
+
+
+def test_cli_reports_malformed_data_with_file_and_line(tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c"\n')
+    code = main(["train", "--model", str(STORIES), "--data", str(data),
+                 "--output", str(tmp_path / "run"), "--max-steps", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2" in err
+    assert not (tmp_path / "run" / "simoe_model.safetensors").exists()
+
+
+def test_cli_skip_invalid_trains_on_the_rest(tmp_path):
+    data = tmp_path / "train.jsonl"
+    good = [json.dumps({"prompt": f"Say {w}.", "completion": w}) for w in ("yes", "no", "up")]
+    data.write_text("\n".join(good + ['{"prompt": ""', json.dumps({"prompt": "x"})]) + "\n")
+    code = main(["train", "--model", str(STORIES), "--data", str(data), "--output",
+                 str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2",
+                 "--skip-invalid", "--experts", "2"])
+    assert code == 0
+    stats = json.loads((tmp_path / "run" / "final_stats.json").read_text())
+    assert stats["examples"] == 3 and stats["steps"] == 2
+
+
+def test_cli_help_shows_paper_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--lr", "2e-05"), ("--sparsity", "0.75"), ("--ortho", "5e-06"),
+                          ("--experts", "8"), ("--batch-size", "16")):
+        assert flag in text and f"(default: {default})" in text, flag
