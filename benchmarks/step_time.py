@@ -44,7 +44,7 @@ def _naive_forward(self: SIMoELinear, x: torch.Tensor) -> torch.Tensor:
     """y_b = x_b (W_pre + sum_i alpha_bi z_i * delta)^T with a [B, out, in] weight per batch."""
     alpha = self.state.alpha_for(x.shape[0])
     wd = self.weight_delta
-    m = wd.dense(wd.mix(alpha, "deterministic", False))  # [B, in]
+    m = wd.dense(wd.mix(alpha))  # [B, in]
     delta = wd.dense(wd.delta)  # [out, in]
     w = self.base_layer.weight if not self.transposed else self.base_layer.weight.t()
     weights = w.unsqueeze(0) + m[:, None, :] * delta.unsqueeze(0)

@@ -30,6 +30,7 @@ TINY_CONFIGS = {
                  n_inner=48, bos_token_id=1, eos_token_id=2),
     "phi3": dict(model_type="phi3", num_key_value_heads=2, pad_token_id=0, **_COMMON),
     "gemma": dict(model_type="gemma", num_key_value_heads=2, head_dim=8, **_COMMON),
+    "qwen3": dict(model_type="qwen3", num_key_value_heads=2, head_dim=8, **_COMMON),
 }
 
 

@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from conftest import TINY_CONFIGS, tiny_model
 from simoe import SIMoEConfig, SIMoEModel
+from simoe.gates import init_mean
 from simoe.layers import RoutingState, SIMoELinear, SIMoENorm
 
 ARCHS = sorted(TINY_CONFIGS)
@@ -25,6 +26,10 @@ def _batch(vocab: int, seed: int = 1, length: int = 9):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # the second row is left-padded
     return ids, mask
+
+
+def _gate_kw(num_experts: int) -> dict:
+    return {"num_experts": num_experts, "init_mean": init_mean(0.05), "noise_std": 0.01}
 
 
 def _randomize(model: SIMoEModel, seed: int = 0, scale: float = 0.05) -> None:
@@ -90,7 +95,7 @@ def test_two_matmul_linear_equals_merged_weights(kind):
     base = nn.Linear(6, 5) if kind == "linear" else Conv1D(5, 6)
     nn.init.normal_(base.bias)
     state = RoutingState()
-    layer = SIMoELinear(base, state, num_experts=3, drop_prob=0.05, noise_std=0.01)
+    layer = SIMoELinear(base, state, _gate_kw(3))
     with torch.no_grad():
         layer.weight_delta.delta.normal_()
         layer.weight_delta.log_alpha.normal_(0, 3)
@@ -128,7 +133,7 @@ def test_norm_scale_and_bias_equal_merged_per_example(norm_kind):
         if norm_kind == "layernorm":
             base.bias.normal_()
     state = RoutingState()
-    layer = SIMoENorm(base, state, num_experts=m, drop_prob=0.05, noise_std=0.01)
+    layer = SIMoENorm(base, state, _gate_kw(m))
     for gd in layer.gated_deltas().values():
         with torch.no_grad():
             gd.delta.normal_()
@@ -431,3 +436,32 @@ def test_bf16_model_keeps_fp32_gates_and_tracks_fp32_forward():
     assert all(p.dtype == torch.float32 for g in model.parameter_groups(1, 1, 1)
                for p in g["params"])
     assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_norm_delta_survives_a_bf16_model():
+    base = LlamaRMSNorm(16).to(torch.bfloat16)
+    state = RoutingState()
+    layer = SIMoENorm(base, state, _gate_kw(2))
+    state.alpha = torch.tensor([[0.5, 0.5]])
+    x = torch.randn(1, 4, 16, dtype=torch.bfloat16)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight_delta.delta.fill_(1e-2)  # below bf16's resolution around a scale of 1
+        after = layer(x)
+    assert before.dtype == torch.bfloat16
+    assert (after.float() - before.float()).abs().max() > 0
+
+
+def test_norms_with_a_second_input_are_not_targeted():
+    from simoe.layers import is_norm
+
+    class GatedRMSNorm(nn.Module):  # the shape of Mamba2/Qwen3-Next gated norms
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4))
+
+        def forward(self, x, gate):
+            return x * self.weight * gate
+
+    assert not is_norm(GatedRMSNorm())
+    assert is_norm(LlamaRMSNorm(4)) and is_norm(nn.LayerNorm(4))

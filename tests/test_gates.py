@@ -49,7 +49,7 @@ def test_init_mean_gives_the_drop_probability_in_closed_form():
 
 def test_initialised_gates_are_zero_with_probability_0_05_empirically():
     torch.manual_seed(0)
-    gd = GatedDelta(50_000, rows=None, num_experts=8, drop_prob=0.05, noise_std=0.01)
+    gd = GatedDelta(50_000, rows=None, num_experts=8, init_mean=init_mean(0.05), noise_std=0.01)
     z = stochastic_gate(gd.log_alpha)
     frac_zero = (z == 0).float().mean().item()
     assert abs(frac_zero - 0.05) <= 0.005, frac_zero

@@ -28,8 +28,8 @@ def _two_tensors():
     expert 0: columns [1, 1, 0, 0], elements [1, 0]  -> keeps 3*2 + 1 = 7 of 14
     expert 1: columns [0, 1, 1, 0], elements [0, 0]  -> keeps 3*2 + 0 = 6 of 14
     """
-    mat = GatedDelta(4, 3, num_experts=2, drop_prob=0.05, noise_std=0.0)
-    vec = GatedDelta(2, None, num_experts=2, drop_prob=0.05, noise_std=0.0)
+    mat = GatedDelta(4, 3, num_experts=2, init_mean=0.0, noise_std=0.0)
+    vec = GatedDelta(2, None, num_experts=2, init_mean=0.0, noise_std=0.0)
     with torch.no_grad():
         mat.log_alpha.copy_(torch.tensor([[ON, ON, OFF, OFF], [OFF, ON, ON, OFF]]))
         vec.log_alpha.copy_(torch.tensor([[ON, OFF], [OFF, OFF]]))

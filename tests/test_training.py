@@ -78,7 +78,9 @@ def test_run_directory_loads_as_a_simoe_model(runs):
     assert (run / "simoe_model.safetensors").is_file()
     model = SIMoEModel.from_pretrained(run)
     stats = json.loads((run / "final_stats.json").read_text())
-    assert model.parameter_counts() == stats["parameter_counts"]
+    counts = model.parameter_counts()
+    assert counts == {k: stats["parameter_counts"][k] for k in counts}
+    assert stats["parameter_counts"]["active_per_token"] == counts["base"] + counts["delta"]
     ids = torch.tensor([[1, 403, 407, 261]])
     assert torch.isfinite(model(ids).logits).all()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 CONFIG_NAME = "simoe_config.json"
 
-GATE_MODES = ("deterministic", "stochastic")
+GATE_MODES = ("deterministic", "stochastic", "free")
 ROUTING_LEVELS = ("instance", "token", "task")
 
 
@@ -31,7 +31,8 @@ class SIMoEConfig:
     init_noise_std: float = 0.01
     """sigma of the Gaussian noise on the gate logits at init (Louizos et al.'s reference code)."""
     gate_mode: str = "deterministic"
-    """'deterministic' (median gate, the paper's choice) or 'stochastic' (sampled in training)."""
+    """'deterministic' (median gate, the paper's choice), 'stochastic' (sampled in training) or
+    'free' (real-valued masks starting at 1, no sparsity: ablation c)."""
     routing: str = "instance"
     """'instance' (one alpha per prompt), 'token' (per token) or 'task' (per task id)."""
     router_hidden_size: int = 256
@@ -39,7 +40,8 @@ class SIMoEConfig:
     num_tasks: int = 0
     """Number of task ids, only for routing='task'."""
     target_linear: bool = True
-    """Target every linear layer (nn.Linear and transformers' Conv1D) inside the model body."""
+    """Target every nn.Linear and transformers Conv1D except the input/output embeddings (narrow
+    it with include/exclude, e.g. to leave a vision tower or MoE router gates alone)."""
     target_norms: bool = True
     """Target the scale (and bias) of every normalisation layer."""
     target_biases: bool = True

@@ -36,7 +36,10 @@ def stochastic_gate(log_alpha: torch.Tensor, generator: torch.Generator | None =
 
 
 def gate(log_alpha: torch.Tensor, mode: str, training: bool) -> torch.Tensor:
-    """The gate used in a forward pass: sampled only for mode='stochastic' in training."""
+    """The gate of a forward pass: sampled only for mode='stochastic' in training; for
+    mode='free' (ablation c: masks are free real values, no sparsity) the logits themselves."""
+    if mode == "free":
+        return log_alpha.float()
     if mode == "stochastic" and training:
         return stochastic_gate(log_alpha)
     return deterministic_gate(log_alpha)

@@ -16,12 +16,14 @@ columns (``live_idx``): pruning removes dead columns physically from the delta a
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .gates import gate, init_log_alpha
+from .gates import gate
 
 
 class RoutingState:
@@ -32,17 +34,18 @@ class RoutingState:
     ``enabled=False`` switches every delta off (the router's pass over the frozen base model).
     """
 
-    def __init__(self, gate_mode: str = "deterministic") -> None:
+    def __init__(self) -> None:
         self.alpha: torch.Tensor | None = None
         self.enabled: bool = True
-        self.gate_mode = gate_mode
 
-    def alpha_for(self, batch_size: int) -> torch.Tensor:
-        """alpha ([B, M] or [B, T, M]) for a batch of ``batch_size`` rows.
+    def alpha_for(self, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
+        """alpha ([B, M] or [B, T, M]) for a batch of ``batch_size`` rows, on ``device``.
 
         Batches expanded by generation (beams, several return sequences) repeat each example.
         """
         alpha = self.alpha
+        if alpha is not None and device is not None and alpha.device != device:
+            alpha = alpha.to(device)  # a model split over several devices
         if alpha is None:
             raise RuntimeError(
                 "SIMoE layer called without routing weights: run the model through "
@@ -73,20 +76,23 @@ class GatedDelta(FP32Module):
 
     ``delta`` is ``[rows, k]`` for a matrix (gates per input column, each standing for ``rows``
     parameters) or ``[k]`` for a vector (element-wise gates); ``log_alpha`` is ``[M, k]``;
-    ``live_idx`` holds the ``k`` surviving column indices out of ``full_size``.
+    ``live_idx`` holds the ``k`` surviving column indices out of ``full_size``. ``mode`` is the
+    gate kind (see :func:`simoe.gates.gate`); ``log_alpha`` starts at N(init_mean, noise_std^2).
     """
 
-    def __init__(self, full_size: int, rows: int | None, num_experts: int, drop_prob: float,
-                 noise_std: float, device: torch.device | str | None = None) -> None:
+    def __init__(self, full_size: int, rows: int | None, num_experts: int, init_mean: float,
+                 noise_std: float, mode: str = "deterministic",
+                 device: torch.device | str | None = None) -> None:
         super().__init__()
         self.full_size = full_size
         self.rows = rows
+        self.mode = mode
         shape = (rows, full_size) if rows is not None else (full_size,)
         self.register_buffer("live_idx", torch.arange(full_size, device=device))
         self.delta = nn.Parameter(torch.zeros(shape, device=device, dtype=torch.float32))
-        self.log_alpha = nn.Parameter(init_log_alpha(
-            torch.empty(num_experts, full_size, device=device, dtype=torch.float32),
-            drop_prob, noise_std))
+        self.log_alpha = nn.Parameter(torch.empty(
+            num_experts, full_size, device=device, dtype=torch.float32).normal_(init_mean,
+                                                                               noise_std))
 
     @property
     def num_live(self) -> int:
@@ -101,13 +107,13 @@ class GatedDelta(FP32Module):
         """How many delta parameters one gate switches (rows of a matrix, 1 for a vector)."""
         return self.rows if self.rows is not None else 1
 
-    def gates(self, mode: str = "deterministic", training: bool = False) -> torch.Tensor:
-        """Z: [M, k] in fp32."""
-        return gate(self.log_alpha, mode, training)
+    def gates(self, training: bool = False) -> torch.Tensor:
+        """Z: [M, k] in fp32 (sampled only for stochastic gates in training)."""
+        return gate(self.log_alpha, self.mode, training)
 
-    def mix(self, alpha: torch.Tensor, mode: str, training: bool) -> torch.Tensor:
+    def mix(self, alpha: torch.Tensor, training: bool = False) -> torch.Tensor:
         """m = alpha @ Z: [..., k] in fp32 for alpha [..., M]."""
-        return alpha.float() @ self.gates(mode, training)
+        return alpha.float() @ self.gates(training)
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         """Scatter [..., k] values over the live columns into a zero [..., full_size] tensor."""
@@ -188,7 +194,7 @@ class SIMoELayer(nn.Module):
                 if gd is not None}
 
     def _mix(self, gd: GatedDelta, alpha: torch.Tensor) -> torch.Tensor:
-        return gd.mix(alpha, self.state.gate_mode, self.training)
+        return gd.mix(alpha, self.training)
 
     def merge(self, alpha: torch.Tensor) -> nn.Module:
         """The base module with theta_pre + theta_delta * (alpha @ Z) written into its weights."""
@@ -201,16 +207,15 @@ class SIMoELinear(SIMoELayer):
     ``y = base(x) + (x[..., live] * m) theta_delta^T (+ m_b * delta_b)`` with ``m = alpha @ Z``.
     """
 
-    def __init__(self, base_layer: nn.Module, state: RoutingState, num_experts: int,
-                 drop_prob: float, noise_std: float, target_bias: bool = True) -> None:
+    def __init__(self, base_layer: nn.Module, state: RoutingState, gate_kw: dict,
+                 target_bias: bool = True) -> None:
         super().__init__(base_layer, state)
         self.transposed = isinstance(base_layer, Conv1D)
         weight = base_layer.weight
         out_features, in_features = (weight.shape[1], weight.shape[0]) if self.transposed \
             else weight.shape
         self.in_features, self.out_features = in_features, out_features
-        kw = {"num_experts": num_experts, "drop_prob": drop_prob, "noise_std": noise_std,
-              "device": weight.device}
+        kw = {**gate_kw, "device": weight.device}
         self.weight_delta = GatedDelta(in_features, out_features, **kw)
         bias = getattr(base_layer, "bias", None)
         self.bias_delta = GatedDelta(out_features, None, **kw) \
@@ -220,7 +225,7 @@ class SIMoELinear(SIMoELayer):
         y = self.base_layer(x)
         if not self.state.enabled:
             return y
-        alpha = self.state.alpha_for(x.shape[0])
+        alpha = self.state.alpha_for(x.shape[0], x.device)
         wd = self.weight_delta
         xs = x if wd.is_full else x.index_select(-1, wd.live_idx)
         m = _broadcast_like(self._mix(wd, alpha), x).to(x.dtype)
@@ -233,13 +238,13 @@ class SIMoELinear(SIMoELayer):
     @torch.no_grad()
     def merge(self, alpha: torch.Tensor) -> nn.Module:
         base = self.base_layer
-        dw = self.weight_delta.merged_delta(self.weight_delta.mix(alpha, "deterministic", False))
+        dw = self.weight_delta.merged_delta(self.weight_delta.mix(alpha))
         dw = dw.t() if self.transposed else dw
         base.weight = nn.Parameter((base.weight.float() + dw).to(base.weight.dtype),
                                    requires_grad=False)
         if self.bias_delta is not None:
             bd = self.bias_delta
-            db = bd.merged_delta(bd.mix(alpha, "deterministic", False))
+            db = bd.merged_delta(bd.mix(alpha))
             base.bias = nn.Parameter((base.bias.float() + db).to(base.bias.dtype),
                                      requires_grad=False)
         return base
@@ -253,13 +258,12 @@ class SIMoENorm(SIMoELayer):
     which works for every norm whose forward multiplies by its weight element-wise.
     """
 
-    def __init__(self, base_layer: nn.Module, state: RoutingState, num_experts: int,
-                 drop_prob: float, noise_std: float, target_bias: bool = True) -> None:
+    def __init__(self, base_layer: nn.Module, state: RoutingState, gate_kw: dict,
+                 target_bias: bool = True) -> None:
         super().__init__(base_layer, state)
         weight = base_layer.weight
         self.size = weight.shape[0]
-        kw = {"num_experts": num_experts, "drop_prob": drop_prob, "noise_std": noise_std,
-              "device": weight.device}
+        kw = {**gate_kw, "device": weight.device}
         self.weight_delta = GatedDelta(self.size, None, **kw)
         bias = getattr(base_layer, "bias", None)
         self.bias_delta = GatedDelta(self.size, None, **kw) \
@@ -267,78 +271,90 @@ class SIMoENorm(SIMoELayer):
 
     def _per_example(self, gd: GatedDelta, param: torch.Tensor, alpha: torch.Tensor,
                      x: torch.Tensor) -> torch.Tensor:
+        # fp32: in a bf16 model a small delta on a scale near 1 would round away.
         d = gd.dense(self._mix(gd, alpha) * gd.delta)
-        return _broadcast_like(param.float() + d, x).to(param.dtype)
+        return _broadcast_like(param.float() + d, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
         if not self.state.enabled:
             return base(x)
-        alpha = self.state.alpha_for(x.shape[0])
+        alpha = self.state.alpha_for(x.shape[0], x.device)
         weight = self._per_example(self.weight_delta, base.weight, alpha, x)
         bias = base.bias if isinstance(getattr(base, "bias", None), nn.Parameter) else None
         if self.bias_delta is not None:
             bias = self._per_example(self.bias_delta, base.bias, alpha, x)
         if isinstance(base, nn.LayerNorm):
             y = F.layer_norm(x, base.normalized_shape, None, None, base.eps) * weight
-            return y + bias if bias is not None else y
-        if isinstance(base, nn.RMSNorm):
-            return F.rms_norm(x, base.normalized_shape, None, base.eps) * weight
-        params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
-        return torch.func.functional_call(base, params, (x,))
+            y = y + bias if bias is not None else y
+        elif isinstance(base, nn.RMSNorm):
+            y = F.rms_norm(x, base.normalized_shape, None, base.eps) * weight
+        else:
+            params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+            y = torch.func.functional_call(base, params, (x,))
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def merge(self, alpha: torch.Tensor) -> nn.Module:
         base = self.base_layer
         for name, gd in self.gated_deltas().items():
             p = getattr(base, name)
-            d = gd.merged_delta(gd.mix(alpha, "deterministic", False))
+            d = gd.merged_delta(gd.mix(alpha))
             setattr(base, name, nn.Parameter((p.float() + d).to(p.dtype), requires_grad=False))
         return base
 
 
 class SIMoEEmbedding(SIMoELayer):
     """An input embedding (opt-in). Its input neurons are vocabulary entries, so the gates are
-    per token id and ``delta`` is [k, dim] over the live ids."""
+    per token id; ``delta`` is [dim, k] over the k live ids, like a matrix's live columns."""
 
-    def __init__(self, base_layer: nn.Embedding, state: RoutingState, num_experts: int,
-                 drop_prob: float, noise_std: float, target_bias: bool = True) -> None:
+    def __init__(self, base_layer: nn.Embedding, state: RoutingState, gate_kw: dict,
+                 target_bias: bool = True) -> None:
         super().__init__(base_layer, state)
         vocab, dim = base_layer.weight.shape
-        self.weight_delta = GatedDelta(vocab, dim, num_experts, drop_prob, noise_std,
-                                       device=base_layer.weight.device)
+        self.weight_delta = GatedDelta(vocab, dim, **gate_kw, device=base_layer.weight.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(ids)
         if not self.state.enabled:
             return y
-        alpha = self.state.alpha_for(ids.shape[0])
+        alpha = self.state.alpha_for(ids.shape[0], ids.device)
         wd = self.weight_delta
-        # delta is stored [dim, k] like a matrix's columns; rows of the embedding are columns here.
-        m_full = wd.dense(self._mix(wd, alpha))  # [B, V] or [B, T, V]
-        m_full = m_full.unsqueeze(1).expand(-1, ids.shape[1], -1) if m_full.dim() == 2 else m_full
-        m_tok = m_full.gather(-1, ids.unsqueeze(-1))  # [B, T, 1]
-        delta_rows = wd.dense(wd.delta).t()  # [V, dim]
-        return y + (m_tok * F.embedding(ids, delta_rows)).to(y.dtype)
+        # Only the gates and delta rows of the ids present are gathered: no [B, T, V] tensor.
+        pos = torch.full((wd.full_size,), -1, dtype=torch.long, device=ids.device)
+        pos[wd.live_idx] = torch.arange(wd.num_live, device=ids.device)
+        live = pos[ids]  # [B, T], -1 for pruned ids
+        keep = (live >= 0).unsqueeze(-1)
+        z_tok = wd.gates(self.training).t()[live.clamp(min=0)]  # [B, T, M]
+        a = alpha.unsqueeze(1) if alpha.dim() == 2 else alpha  # [B, 1 or T, M]
+        m_tok = (a.float() * z_tok).sum(-1, keepdim=True) * keep  # [B, T, 1]
+        delta_tok = wd.delta.t()[live.clamp(min=0)]  # [B, T, dim]
+        return y + (m_tok * delta_tok).to(y.dtype)
 
     @torch.no_grad()
     def merge(self, alpha: torch.Tensor) -> nn.Module:
         base = self.base_layer
         wd = self.weight_delta
-        dw = wd.merged_delta(wd.mix(alpha, "deterministic", False)).t()
+        dw = wd.merged_delta(wd.mix(alpha)).t()
         base.weight = nn.Parameter((base.weight.float() + dw).to(base.weight.dtype),
                                    requires_grad=False)
         return base
 
 
 def is_norm(module: nn.Module) -> bool:
-    """A normalisation layer with a 1-D learnable scale, found by type, not by model family."""
+    """A normalisation layer with a 1-D learnable scale and one input, found by type, not by
+    model family (norms that take a second input, e.g. gated RMSNorms, are left alone)."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, nn.Parameter) or weight.dim() != 1:
         return False
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         return True
-    return "norm" in type(module).__name__.lower() and not any(True for _ in module.children())
+    if "norm" not in type(module).__name__.lower() or any(True for _ in module.children()):
+        return False
+    params = list(inspect.signature(module.forward).parameters.values())
+    required = [p for p in params if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(required) == 1
 
 
 def is_linear(module: nn.Module) -> bool:

@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import SIMoEConfig
+from .gates import init_mean
 from .layers import (
     GatedDelta,
     RoutingState,
@@ -108,7 +109,7 @@ class SIMoEModel(nn.Module):
                 or None
         self.simoe_config = config
         self.base_model = base_model
-        self.state = RoutingState(config.gate_mode)
+        self.state = RoutingState()
         for p in base_model.parameters():
             p.requires_grad_(False)
 
@@ -119,11 +120,14 @@ class SIMoEModel(nn.Module):
                 f"targets (linear={config.target_linear}, norms={config.target_norms}, "
                 f"include={config.include}, exclude={config.exclude})")
         self._layers: list[tuple[str, SIMoELayer]] = []
+        gate_kw = {"num_experts": config.num_experts, "noise_std": config.init_noise_std,
+                   "mode": config.gate_mode,
+                   "init_mean": 1.0 if config.gate_mode == "free" else init_mean(
+                       config.init_drop_prob)}
         for name, kind in targets.items():
             parent_name, _, child = name.rpartition(".")
             parent = base_model.get_submodule(parent_name)
-            layer = _WRAPPERS[kind](getattr(parent, child), self.state, config.num_experts,
-                                    config.init_drop_prob, config.init_noise_std,
+            layer = _WRAPPERS[kind](getattr(parent, child), self.state, gate_kw,
                                     target_bias=config.target_biases)
             setattr(parent, child, layer)
             self._layers.append((name, layer))
@@ -293,6 +297,10 @@ class SIMoEModel(nn.Module):
             ids = kw.get("input_ids", args[0] if args else None)
             self.state.alpha = self.route(ids, kw.get("attention_mask"))
 
+        if routing_embedding is not None or task_ids is not None:
+            raise ValueError("token routing re-routes every step from the tokens; it takes no "
+                             "routing_embedding or task_ids (pass alpha to fix the mixture)")
+        kwargs.pop("use_cache", None)
         handle = self.base_model.register_forward_pre_hook(reroute, with_kwargs=True)
         try:
             return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask,
@@ -316,11 +324,15 @@ class SIMoEModel(nn.Module):
     # ------------------------------------------------------------------ pruning, merging
     @torch.no_grad()
     def prune(self) -> dict[str, int]:
-        """Remove columns whose gate is zero for every expert; returns columns before/after."""
+        """Remove columns whose gate is zero for every expert; returns columns before/after.
+        Free real-valued masks (gate_mode='free', ablation c) are never pruned."""
         before = after = 0
         for _, gd in self.gated_deltas():
             before += gd.num_live
-            keep = (gd.gates("deterministic") > 0).any(dim=0)
+            if gd.mode == "free":
+                after += gd.num_live
+                continue
+            keep = (gd.gates() != 0).any(dim=0)
             gd.keep_columns(keep)
             after += gd.num_live
         return {"columns_before": before, "columns_after": after}

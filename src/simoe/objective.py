@@ -44,7 +44,7 @@ def measured_sparsity(gated: Iterable[GatedDelta]) -> dict[str, object]:
     kept = None
     kept_union = 0.0
     for gd in gated:
-        alive = gd.gates("deterministic") > 0  # [M, k]
+        alive = gd.gates() != 0  # [M, k]
         per_expert = alive.sum(dim=1).double() * gd.params_per_gate
         kept = per_expert if kept is None else kept + per_expert
         kept_union += float(alive.any(dim=0).sum()) * gd.params_per_gate
@@ -71,16 +71,14 @@ def expected_sparsity(gated: Iterable[GatedDelta], constraint: str = "mean") -> 
     return 1.0 - kept / total
 
 
-def concatenated_gates(gated: Iterable[GatedDelta], mode: str = "deterministic",
-                       training: bool = False) -> torch.Tensor:
+def concatenated_gates(gated: Iterable[GatedDelta], training: bool = False) -> torch.Tensor:
     """Z in R^{M x D}: every live gate of every layer, side by side."""
-    return torch.cat([gd.gates(mode, training) for gd in gated], dim=1)
+    return torch.cat([gd.gates(training) for gd in gated], dim=1)
 
 
-def orthogonality(gated: Iterable[GatedDelta], mode: str = "deterministic",
-                  training: bool = False) -> torch.Tensor:
+def orthogonality(gated: Iterable[GatedDelta], training: bool = False) -> torch.Tensor:
     """||Z Z^T - I||_F over the concatenated gates (paper section 3.1.2)."""
-    z = concatenated_gates(gated, mode, training)
+    z = concatenated_gates(gated, training)
     gram = z @ z.t()
     return torch.linalg.matrix_norm(gram - torch.eye(z.shape[0], device=z.device), ord="fro")
 
@@ -90,7 +88,7 @@ def overlap_matrix(gated: Iterable[GatedDelta]) -> list[list[float]]:
     """Pairwise |nz(z_i) & nz(z_j)| / |nz(z_i) | nz(z_j)|, parameter-weighted (paper Fig. 5)."""
     inter = union = None
     for gd in gated:
-        alive = (gd.gates("deterministic") > 0).double() * 1.0  # [M, k]
+        alive = (gd.gates() != 0).double()  # [M, k]
         w = float(gd.params_per_gate)
         i = alive @ alive.t() * w
         n = alive.sum(dim=1) * w

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, encode_prompts, load_examples
+from ..runtime import atomic_write_text, model_max_length
 from .generation import generate, load_for_eval
 from .metrics import aggregate, exact_match, rouge_l
 
@@ -44,21 +45,6 @@ class EvalJob:
     device: str | None = None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _model_limit(model: Any) -> int | None:
-    cfg = model.config.get_text_config()
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def evaluate(job: EvalJob) -> dict[str, Any]:
     """Generate for every instance of the split, score it, write the three files."""
     start = time.time()
@@ -68,7 +54,7 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
         raise DataError(f"{job.data}: split {job.split!r} has no instances to evaluate")
     loaded = load_for_eval(job.model, device=job.device)
     max_source = job.max_source_len
-    limit = _model_limit(loaded.model)
+    limit = model_max_length(loaded.model)
     if limit is not None and max_source + job.max_new_tokens > limit:
         max_source = max(1, limit - job.max_new_tokens)
         logger.warning("the model reads at most %d tokens: prompts cut to %d", limit, max_source)
@@ -102,9 +88,9 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
 
     out_dir = Path(job.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / PREDICTIONS_NAME, "".join(json.dumps(r) + "\n" for r in records))
-    _write_atomic(out_dir / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
-    _write_atomic(out_dir / REPORT_NAME, eval_report(metrics))
+    atomic_write_text(out_dir / PREDICTIONS_NAME, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out_dir / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out_dir / REPORT_NAME, eval_report(metrics))
     return metrics
 
 

@@ -30,12 +30,12 @@ def layer_depth(param_name: str) -> int | None:
 
 @torch.no_grad()
 def kept_capacity(model: SIMoEModel) -> dict[str, dict[str, dict[str, float]]]:
-    """Fraction of gated parameters each expert keeps (gate > 0), grouped by layer type and by
+    """Fraction of gated parameters each expert keeps (gate != 0), grouped by layer type and by
     depth: the parameter-weighted mean over experts, its spread (std) and the union."""
     groups: dict[str, dict[Any, list]] = {"by_type": defaultdict(list),
                                           "by_depth": defaultdict(list)}
     for name, gd in model.gated_deltas():
-        alive = gd.gates("deterministic") > 0
+        alive = gd.gates() != 0
         kept = alive.sum(dim=1).double() * gd.params_per_gate
         union = float(alive.any(dim=0).sum()) * gd.params_per_gate
         total = gd.full_size * gd.params_per_gate

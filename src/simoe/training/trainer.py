@@ -55,6 +55,19 @@ class SIMoETrainingArguments(TrainingArguments):
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
 
 
+class MetricsLogger(TrainerCallback):
+    """Appends every training log (loss and, for SIMoE, the vital signs) to metrics.jsonl."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+        if state.is_world_process_zero and logs and "loss" in logs:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+        return control
+
+
 class _DualAscent(TrainerCallback):
     """lambda <- max(0, lambda + eta (tau - measured)) after every optimiser step."""
 
@@ -77,6 +90,10 @@ class SIMoETrainer(Trainer):
             raise TypeError("SIMoETrainer trains a SIMoEModel")
         if not isinstance(args, SIMoETrainingArguments):
             raise TypeError("SIMoETrainer needs SIMoETrainingArguments")
+        free = model.simoe_config.gate_mode == "free"
+        if free and args.sparsity_constraint:
+            raise ValueError("gate_mode='free' masks are real values without sparsity: train them "
+                             "with sparsity_constraint=False (ablation c)")
         super().__init__(model=model, args=args, **kwargs)
         self.lagrangian = Lagrangian(model.simoe_config.target_sparsity,
                                      args.lambda_learning_rate)
@@ -102,32 +119,45 @@ class SIMoETrainer(Trainer):
 
     # ---------------------------------------------------------------- objective
     def regularizer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """beta L_ortho + lambda (tau - expected sparsity), once per optimiser step."""
+        """beta L_ortho + lambda (tau - expected sparsity), with its two parts detached for the
+        log. compute_loss scales it so that it counts once per optimiser step."""
         model, gated = self._simoe(), self.gated()
         cfg = model.simoe_config
-        ortho = orthogonality(gated, cfg.gate_mode, model.training) if cfg.ortho_weight > 0 \
+        ortho = orthogonality(gated, model.training) if cfg.ortho_weight > 0 \
             else torch.zeros((), device=gated[0].log_alpha.device)
-        expected = expected_sparsity(gated, self.args.constraint)
+        if cfg.gate_mode == "free":  # real-valued masks: no expected L0
+            expected = torch.full((), math.nan, device=ortho.device)
+        else:
+            expected = expected_sparsity(gated, self.args.constraint)
         reg = cfg.ortho_weight * ortho
         if self.args.sparsity_constraint:
             reg = reg + self.lagrangian.penalty(expected)
         return reg, ortho.detach(), expected.detach()
 
+    def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
+        """The Trainer's own rule: is the loss already normalised over the accumulated batch?"""
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+                    or self.compute_loss_func is not None)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-        outputs = model(**inputs)
-        nll = outputs.loss
+        # The NLL exactly as transformers computes it (token normalisation across accumulation
+        # steps and devices included); the SIMoE terms are added on top.
+        nll, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                            num_items_in_batch=num_items_in_batch)
         if not model.training:
             return (nll, outputs) if return_outputs else nll
         reg, ortho, expected = self.regularizer()
-        # The Trainer divides the loss by the accumulation steps unless the model normalised the
-        # NLL over the whole accumulated batch; either way the regulariser must count once per
-        # optimiser step, so it is divided here in the second case.
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
-        loss = nll + (reg / self.current_gradient_accumulation_steps if scaled else reg)
-        # For the log: the NLL of this micro-batch as a mean over its own tokens (approximately).
-        nll_micro = nll.detach() * (self.current_gradient_accumulation_steps if scaled else 1)
+        # Every micro-batch adds the regulariser; it must count once per optimiser step. When
+        # the Trainer does not divide the loss by the accumulation steps, divide it here. Under
+        # DDP the regulariser is the same on every rank, so the gradient average keeps it whole.
+        ga = self.current_gradient_accumulation_steps
+        scaled = self._loss_is_scaled_for_ga(num_items_in_batch)
+        loss = nll + (reg / ga if scaled else reg)
+        # For the log: this micro-batch's NLL as a mean over its own tokens (approximately; the
+        # Trainer's cross-device factor is already in nll).
+        nll_micro = nll.detach() * (ga if scaled else 1)
         self._accumulate(nll_micro, outputs.alpha.detach(), ortho, expected)
         return (loss, outputs) if return_outputs else loss
 
@@ -167,10 +197,6 @@ class SIMoETrainer(Trainer):
         if "loss" in logs and self.model.training:
             logs.update(self.vital_signs())
         super().log(logs, start_time)
-        if self.args.should_save and "loss" in logs:
-            line = {"step": self.state.global_step, **logs}
-            with open(Path(self.args.output_dir) / METRICS_NAME, "a") as f:
-                f.write(json.dumps(line) + "\n")
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
