@@ -13,17 +13,24 @@ _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .training.run import TrainJob
-
-    d = TrainJob(model="", data="", output="")
     p = sub.add_parser("train", help="upcycle a model into SIMoE by instruction tuning",
                        formatter_class=_FORMATTER,
                        description="Train SIMoE; defaults follow the paper's Table 6 (SNI).")
+    _train_flags(p)
+    p.set_defaults(func=_run_train)
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    from .training.run import TrainJob
+
+    d = TrainJob(model="", data="", output="")
     p.add_argument("--model", required=True, help="base model: hub id or local path")
     p.add_argument("--data", required=True,
                    help="SNI-style directory, JSONL (prompt/completion or messages), or a "
                         "Hugging Face dataset name/path")
     p.add_argument("--output", required=True, help="run directory")
+    p.add_argument("--method", choices=["simoe", "full", "lora", "upcycle", "btx"],
+                   default=d.method, help="SIMoE or a baseline, same data and schedule")
     g = p.add_argument_group("SIMoE")
     g.add_argument("--experts", type=int, default=d.experts, help="experts M")
     g.add_argument("--sparsity", type=float, default=d.sparsity, help="target sparsity tau")
@@ -37,6 +44,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "parameters gated off for every expert (bounds the pruned size)")
     g.add_argument("--no-routing-cache", dest="routing_cache", action="store_false",
                    help="re-run the routing pass every step instead of caching embeddings")
+    g.add_argument("--targets", choices=["all", "ffn"], default=d.targets,
+                   help="upcycle every linear and norm, or only FFN linears (ablation a)")
+    g.add_argument("--no-sparsity-constraint", dest="sparsity_constraint",
+                   action="store_false",
+                   help="free real-valued masks, no constraint, no pruning (ablation c)")
+    b = p.add_argument_group("baselines")
+    b.add_argument("--lora-r", type=int, default=d.lora_r, help="LoRA rank")
+    b.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help="LoRA alpha")
+    b.add_argument("--lora-lr", type=float, default=d.lora_lr, help="LoRA learning rate")
+    b.add_argument("--moe-experts", type=int, default=d.moe_experts,
+                   help="experts of the upcycled / BTX Mixtral (BTX: domains + base)")
+    b.add_argument("--moe-top-k", type=int, default=d.moe_top_k, help="experts per token")
+    b.add_argument("--domains", default=d.domains,
+                   help="BTX: JSON file mapping category -> domain (default: built-in SNI map)")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=d.lr, help="Adam lr of the shared deltas")
     t.add_argument("--gate-lr", type=float, default=d.gate_lr, help="Adam lr of the gates")
@@ -66,7 +87,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="resume from the last checkpoint in --output (or the one given)")
     t.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed records (and report how many) instead of failing")
-    p.set_defaults(func=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -137,6 +157,28 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train and evaluate SIMoE over a grid of tau and beta",
+                       formatter_class=_FORMATTER, conflict_handler="resolve",
+                       description="Paper Table 5: ROUGE-L and mean expert overlap per cell.")
+    _train_flags(p)
+    p.add_argument("--sparsity", default="0.5,0.75,0.9", help="comma-separated target sparsities")
+    p.add_argument("--ortho", default="0,5e-6,5e-5,5e-4",
+                   help="comma-separated orthogonality weights")
+    p.add_argument("--eval-split", default="test", help="split evaluated after each run")
+    p.add_argument("--max-instances", type=int, default=100, help="eval instances per task")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="eval generation budget")
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    table = run_sweep(args)
+    print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simoe", formatter_class=_FORMATTER,
                                      description="Sparse Interpolated Mixture-of-Experts")
@@ -144,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_report(sub)
+    _add_sweep(sub)
     return parser
 
 

@@ -61,6 +61,11 @@ class MetricsLogger(TrainerCallback):
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        if state.is_world_process_zero:
+            self.path.touch()  # a run too short to log still has its (empty) log
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
         if state.is_world_process_zero and logs and "loss" in logs:
             with open(self.path, "a") as f:
