@@ -36,9 +36,26 @@ def model_max_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window (CUDA stats; on Linux the process's RSS high-water mark),
+    so several runs in one process each report their own peak."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory_mb() -> float:
-    """Max allocated CUDA memory when CUDA is in use, else the process's peak RSS (MiB)."""
+    """Max allocated CUDA memory when CUDA is in use, else the process's peak RSS (MiB) since
+    the last :func:`reset_peak_memory`."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config import SIMoEConfig
 from ..data import SIMoECollator, build_task_ids, encode_examples, load_examples
 from ..model import SIMoEModel
-from ..runtime import atomic_write_json, model_max_length, peak_memory_mb
+from ..runtime import atomic_write_json, model_max_length, peak_memory_mb, reset_peak_memory
 from .routing_cache import load_or_compute
 from .stats import final_stats
 from .trainer import METRICS_NAME, MetricsLogger, SIMoETrainer, SIMoETrainingArguments
@@ -134,6 +134,7 @@ def _trim_metrics(output: Path, checkpoint: str | None) -> None:
 def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
     """Seed, tokenizer (pad = EOS if missing), data, base model, lengths within its limit."""
     start = time.time()
+    reset_peak_memory()
     output = Path(job.output)
     checkpoint = _resume_checkpoint(job)
     set_seed(job.seed)
