@@ -179,6 +179,30 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="figures and report for one or several runs",
+                       formatter_class=_FORMATTER,
+                       description="Expert overlap, kept capacity, routing dendrogram, training "
+                                   "curves and (several runs) parameter/memory comparison.")
+    p.add_argument("runs", nargs="+", help="run directories written by `simoe train`")
+    p.add_argument("--eval", dest="eval_dirs", nargs="*", default=[],
+                   help="evaluation directories (routing figures need SIMoE predictions)")
+    p.add_argument("--output", required=True, help="directory for PNGs, report.md, report.html")
+    p.add_argument("--names", default=None, help="comma-separated run names")
+    p.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+
+    names = args.names.split(",") if args.names else None
+    summary = analyze(args.runs, args.eval_dirs, args.output, names=names)
+    for item in summary.get("skipped", []):
+        print(f"skipped: {item}")
+    print(f"report: {args.output}/report.md, {args.output}/report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simoe", formatter_class=_FORMATTER,
                                      description="Sparse Interpolated Mixture-of-Experts")
@@ -187,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_report(sub)
     _add_sweep(sub)
+    _add_analyze(sub)
     return parser
 
 
