@@ -43,6 +43,8 @@ def test_baseline_trains_and_evaluates(method, tmp_path):
         assert (run / "adapter" / "adapter_config.json").is_file()
     if method == "btx":
         assert sum(stats["btx"]["domains"].values()) == stats["examples"]
+        assert set(stats["btx"]["domains"]) <= {"classification", "qa_reasoning",
+                                                "generation_rewriting", "extraction_other"}
         assert cfg["num_local_experts"] == len(stats["btx"]["domains"]) + 1
     metrics = _eval(run, tmp_path)
     assert metrics["overall"]["categories"] == 12

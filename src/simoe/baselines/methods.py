@@ -93,6 +93,7 @@ def total_steps(job: TrainJob, n_examples: int) -> int:
 
 
 def _domains(prep: Prepared) -> dict[str, list[int]]:
+    """Example indices per BTX domain."""
     from .btx import DEFAULT_SNI_DOMAINS, domain_of
 
     mapping = DEFAULT_SNI_DOMAINS
@@ -100,7 +101,12 @@ def _domains(prep: Prepared) -> dict[str, list[int]]:
         mapping = json.loads(Path(prep.job.domains).read_text())
     groups: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(prep.examples):
-        domain = ex.domain or domain_of(ex.category or "", mapping)
+        # The category map wins where it knows the category (SNI's own "Domains" field names
+        # topics, not BTX training domains); else the record's domain; else the fallback.
+        if ex.category and ex.category in mapping:
+            domain = mapping[ex.category]
+        else:
+            domain = ex.domain or domain_of(ex.category or "", mapping)
         groups[domain].append(i)
     return dict(sorted(groups.items()))
 
