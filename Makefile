@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 demo: $(STAMP)
-	@echo "make demo arrives with the demo issue (#7); see README." && exit 1
+	$(BIN)/simoe demo
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
