@@ -152,3 +152,13 @@ def test_eval_errors_are_clear(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "notamodel"), "--data", str(SNI_MINI),
                  "--output", out]) == 2
     assert "neither a SIMoE run" in capsys.readouterr().err
+
+
+def test_prompt_budget_fits_the_model_positions():
+    from conftest import tiny_model
+    from simoe.runtime import fit_source_length
+
+    model = tiny_model("llama")  # 64 positions
+    assert fit_source_length(model, 40, 16) == 40
+    assert fit_source_length(model, 1024, 16) == 48
+    assert fit_source_length(model, 1024, 100) == 1

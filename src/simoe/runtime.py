@@ -4,6 +4,7 @@ peak memory."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -34,6 +37,18 @@ def model_max_length(model: torch.nn.Module) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def fit_source_length(model: torch.nn.Module, max_source: int, max_target: int) -> int:
+    """The prompt budget that leaves ``max_target`` tokens within the model's positions
+    (lowered with one warning when ``max_source + max_target`` does not fit)."""
+    limit = model_max_length(model)
+    if limit is None or max_source + max_target <= limit:
+        return max_source
+    fitted = max(1, limit - max_target)
+    logger.warning("the model reads at most %d tokens: prompts limited to %d tokens", limit,
+                   fitted)
+    return fitted
 
 
 def reset_peak_memory() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import DataError, encode_prompts, load_examples
-from ..runtime import atomic_write_text, model_max_length
+from ..runtime import atomic_write_text, fit_source_length
 from .generation import generate, load_for_eval
 from .metrics import aggregate, exact_match, rouge_l
 
@@ -53,11 +53,7 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
     if not examples:
         raise DataError(f"{job.data}: split {job.split!r} has no instances to evaluate")
     loaded = load_for_eval(job.model, device=job.device)
-    max_source = job.max_source_len
-    limit = model_max_length(loaded.model)
-    if limit is not None and max_source + job.max_new_tokens > limit:
-        max_source = max(1, limit - job.max_new_tokens)
-        logger.warning("the model reads at most %d tokens: prompts cut to %d", limit, max_source)
+    max_source = fit_source_length(loaded.model, job.max_source_len, job.max_new_tokens)
     routing = getattr(getattr(loaded.model, "simoe_config", None), "routing", None)
     if routing == "task":
         unknown = sorted({e.task for e in examples} - set(loaded.task_ids or {}))

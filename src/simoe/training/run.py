@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config import SIMoEConfig
 from ..data import SIMoECollator, build_task_ids, encode_examples, load_examples
 from ..model import SIMoEModel
-from ..runtime import atomic_write_json, model_max_length, peak_memory_mb, reset_peak_memory
+from ..runtime import atomic_write_json, fit_source_length, peak_memory_mb, reset_peak_memory
 from .routing_cache import load_or_compute
 from .stats import final_stats
 from .trainer import METRICS_NAME, MetricsLogger, SIMoETrainer, SIMoETrainingArguments
@@ -148,12 +148,8 @@ def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
         raise ValueError(f"{job.data}: no training examples in split {job.split!r}")
     dtype = torch.bfloat16 if job.bf16 else torch.float32
     base = AutoModelForCausalLM.from_pretrained(job.model, dtype=dtype)
-    max_source, max_target = job.max_source_len, job.max_target_len
-    limit = model_max_length(base)
-    if limit is not None and max_source + max_target > limit:
-        max_source = max(1, limit - max_target)
-        logger.warning("the model reads at most %d tokens: max source length lowered to %d",
-                       limit, max_source)
+    max_target = job.max_target_len
+    max_source = fit_source_length(base, job.max_source_len, max_target)
     task_ids = build_task_ids(examples) if task_routing else None
     encoded = encode_examples(examples, tokenizer, max_source, max_target, task_ids=task_ids)
     output.mkdir(parents=True, exist_ok=True)
