@@ -21,7 +21,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
-    from .training.run import TrainJob
+    from .training import METHODS, TrainJob
 
     d = TrainJob(model="", data="", output="")
     p.add_argument("--model", required=True, help="base model: hub id or local path")
@@ -29,7 +29,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="SNI-style directory, JSONL (prompt/completion or messages), or a "
                         "Hugging Face dataset name/path")
     p.add_argument("--output", required=True, help="run directory")
-    p.add_argument("--method", choices=["simoe", "full", "lora", "upcycle", "btx"],
+    p.add_argument("--method", choices=list(METHODS),
                    default=d.method, help="SIMoE or a baseline, same data and schedule")
     g = p.add_argument_group("SIMoE")
     g.add_argument("--experts", type=int, default=d.experts, help="experts M")
@@ -90,7 +90,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training.run import TrainJob, train
+    from .training import TrainJob, train
 
     fields = TrainJob.__dataclass_fields__
     job = TrainJob(**{k: v for k, v in vars(args).items() if k in fields})

@@ -15,33 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from . import persistence
 from .config import SIMoEConfig
-from .gates import init_mean
-from .layers import (
-    GatedDelta,
-    RoutingState,
-    SIMoEEmbedding,
-    SIMoELayer,
-    SIMoELinear,
-    SIMoENorm,
-    is_linear,
-    is_norm,
-)
+from .layers import GatedDelta, RoutingState, SIMoELayer
+from .persistence import WEIGHTS_NAME
 from .router import Router, TaskRouter, position_ids_from_mask, routing_positions
+from .targets import find_targets, is_simoe_param, wrap_targets
 
-WEIGHTS_NAME = "simoe_model.safetensors"
+__all__ = ["WEIGHTS_NAME", "SIMoECausalLMOutput", "SIMoEModel", "find_targets"]
 
 
 @dataclasses.dataclass
@@ -49,44 +39,6 @@ class SIMoECausalLMOutput(CausalLMOutputWithPast):
     """The wrapped model's causal-LM output plus the mixing weights alpha ([B, M] or [B, T, M])."""
 
     alpha: torch.Tensor | None = None
-
-
-def find_targets(model: nn.Module, config: SIMoEConfig) -> dict[str, str]:
-    """Module name -> kind ('linear', 'norm', 'embedding') of every module SIMoE wraps.
-
-    Found by module type (nn.Linear, transformers' Conv1D, any norm with a 1-D scale), so no
-    per-architecture list of names is needed. Embeddings and the LM head are opt-in.
-    """
-    get_in = getattr(model, "get_input_embeddings", None)
-    get_out = getattr(model, "get_output_embeddings", None)
-    in_emb = get_in() if get_in else None
-    out_emb = get_out() if get_out else None
-    targets: dict[str, str] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, SIMoELayer):
-            raise ValueError(f"module {name!r} is already a SIMoE layer; wrap a plain model")
-        if module is out_emb and out_emb is not None:
-            kind = "linear" if config.target_lm_head and is_linear(module) else None
-        elif module is in_emb and in_emb is not None:
-            kind = "embedding" if config.target_embeddings and isinstance(module, nn.Embedding) \
-                else None
-        elif is_linear(module):
-            kind = "linear" if config.target_linear else None
-        elif is_norm(module):
-            kind = "norm" if config.target_norms else None
-        else:
-            kind = None
-        if kind is None:
-            continue
-        if config.include and not any(re.search(p, name) for p in config.include):
-            continue
-        if any(re.search(p, name) for p in config.exclude):
-            continue
-        targets[name] = kind
-    return targets
-
-
-_WRAPPERS = {"linear": SIMoELinear, "norm": SIMoENorm, "embedding": SIMoEEmbedding}
 
 
 class SIMoEModel(nn.Module):
@@ -113,24 +65,7 @@ class SIMoEModel(nn.Module):
         for p in base_model.parameters():
             p.requires_grad_(False)
 
-        targets = find_targets(base_model, config)
-        if not targets:
-            raise ValueError(
-                f"nothing to target in {type(base_model).__name__}: no module matched the SIMoE "
-                f"targets (linear={config.target_linear}, norms={config.target_norms}, "
-                f"include={config.include}, exclude={config.exclude})")
-        self._layers: list[tuple[str, SIMoELayer]] = []
-        gate_kw = {"num_experts": config.num_experts, "noise_std": config.init_noise_std,
-                   "mode": config.gate_mode,
-                   "init_mean": 1.0 if config.gate_mode == "free" else init_mean(
-                       config.init_drop_prob)}
-        for name, kind in targets.items():
-            parent_name, _, child = name.rpartition(".")
-            parent = base_model.get_submodule(parent_name)
-            layer = _WRAPPERS[kind](getattr(parent, child), self.state, gate_kw,
-                                    target_bias=config.target_biases)
-            setattr(parent, child, layer)
-            self._layers.append((name, layer))
+        self._layers = wrap_targets(base_model, config, self.state)
 
         device = base_model.get_input_embeddings().weight.device
         if config.routing == "task":
@@ -159,7 +94,7 @@ class SIMoEModel(nn.Module):
             base_model = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path,
                                                               **base_model_kwargs)
         model = cls(base_model, config)
-        model.load_simoe_state_dict(load_file(directory / WEIGHTS_NAME))
+        persistence.load_simoe_weights(model, directory)
         return model
 
     # ------------------------------------------------------------------ introspection
@@ -188,7 +123,7 @@ class SIMoEModel(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts: base, targeted base, live delta, gates, router, trainable, stored."""
         base = sum(p.numel() for n, p in self.base_model.named_parameters()
-                   if not _is_simoe_param(n))
+                   if not is_simoe_param(n))
         delta = gates = targeted = 0
         for _, gd in self.gated_deltas():
             delta += gd.delta.numel()
@@ -321,95 +256,29 @@ class SIMoEModel(nn.Module):
         """Alias of :meth:`activation_checkpointing_enable` (transformers' older name)."""
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
-    # ------------------------------------------------------------------ pruning, merging
-    @torch.no_grad()
+    # ------------------------------------------------------------------ pruning, merging, saving
     def prune(self) -> dict[str, int]:
-        """Remove columns whose gate is zero for every expert; returns columns before/after.
-        Free real-valued masks (gate_mode='free', ablation c) are never pruned."""
-        before = after = 0
-        for _, gd in self.gated_deltas():
-            before += gd.num_live
-            if gd.mode == "free":
-                after += gd.num_live
-                continue
-            keep = (gd.gates() != 0).any(dim=0)
-            gd.keep_columns(keep)
-            after += gd.num_live
-        return {"columns_before": before, "columns_after": after}
+        """Remove columns whose gate is zero for every expert (see :func:`persistence.prune`)."""
+        return persistence.prune(self)
 
-    @torch.no_grad()
     def merge_and_unload(self, alpha: torch.Tensor | list[float]) -> PreTrainedModel:
         """The wrapped model with ``W_pre + theta_delta diag(alpha @ Z)`` written into every
         targeted parameter: a plain PreTrainedModel. Done in place; this SIMoEModel is spent."""
-        m = self.simoe_config.num_experts
-        alpha = torch.as_tensor(alpha, dtype=torch.float32, device=self.device).reshape(-1)
-        if alpha.numel() != m:
-            raise ValueError(
-                f"merge_and_unload needs one alpha of {m} weights, got {alpha.numel()}")
-        model = self.base_model
-        in_emb, out_emb = model.get_input_embeddings(), model.get_output_embeddings()
-        tied = out_emb is not None and getattr(in_emb, "weight", None) is getattr(out_emb, "weight",
-                                                                                  None)
-        for name, layer in self._layers:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, layer.merge(alpha))
+        return persistence.merge_and_unload(self, alpha)
+
+    def detach_layers(self) -> None:
+        """Forget the wrapped layers (after merging them away)."""
         self._layers = []
         self.state.alpha = None
-        if tied and model.get_input_embeddings().weight is not model.get_output_embeddings().weight:
-            model.config.tie_word_embeddings = False
-            model.config.get_text_config().tie_word_embeddings = False
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return model
 
-    # ------------------------------------------------------------------ save / load
     def simoe_state_dict(self) -> dict[str, torch.Tensor]:
         """The SIMoE state only: live_idx, delta and log_alpha per gated tensor, router weights."""
-        state: dict[str, torch.Tensor] = {}
-        for name, gd in self.gated_deltas():
-            state[f"{name}.live_idx"] = gd.live_idx
-            state[f"{name}.delta"] = gd.delta.detach()
-            state[f"{name}.log_alpha"] = gd.log_alpha.detach()
-        for key, value in self.router.state_dict().items():
-            state[f"router.{key}"] = value
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        return persistence.simoe_state_dict(self)
 
     def load_simoe_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load :meth:`simoe_state_dict` output (possibly pruned) with shape checks."""
-        state = dict(state)
-        for name, gd in self.gated_deltas():
-            keys = [f"{name}.{t}" for t in ("live_idx", "delta", "log_alpha")]
-            missing = [k for k in keys if k not in state]
-            if missing:
-                raise ValueError(f"checkpoint lacks {missing}: was it made for another base model "
-                                 "or another SIMoE target set?")
-            gd.load_state(*(state.pop(k) for k in keys), name=name)
-        router_state = {k[len("router."):]: state.pop(k) for k in list(state)
-                        if k.startswith("router.")}
-        if state:
-            raise ValueError(f"checkpoint has tensors for modules this base model lacks: "
-                             f"{sorted(state)[:5]}... Was it made for a base model of another "
-                             "shape?")
-        try:
-            self.router.load_state_dict(router_state)
-        except RuntimeError as err:
-            raise ValueError(f"router weights do not fit this base model ({err}). Was the "
-                             "checkpoint made for a base model of another shape?") from err
+        persistence.load_simoe_state_dict(self, state)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = self.simoe_state_dict()
-        with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-        try:
-            save_file(tensors, str(tmp_path), metadata={"format": "pt", "library": "simoe"})
-            os.replace(tmp_path, directory / WEIGHTS_NAME)
-        finally:
-            tmp_path.unlink(missing_ok=True)
-        self.simoe_config.save(directory)
-
-
-def _is_simoe_param(name: str) -> bool:
-    return (".weight_delta." in name or ".bias_delta." in name) or name.startswith("router.")
+        persistence.save_simoe(self, directory)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .evaluation.run import EvalJob, evaluate
 from .runtime import atomic_write_json, atomic_write_text
-from .training.run import TrainJob, train
+from .training import TrainJob, train
 
 
 def _floats(text: str, name: str) -> list[float]:

@@ -1,6 +1,6 @@
 """Baselines built by model surgery on transformers models: sparse upcycling and BTX (both as
-``MixtralForCausalLM``) and the router losses used to train them. Training loops live in
-``simoe.baselines.methods``."""
+``MixtralForCausalLM``) and the router losses used to train them. Training them is
+``simoe.training.methods``'s job; nothing here imports the training side."""
 
 from .btx import DEFAULT_SNI_DOMAINS, FALLBACK_DOMAIN, btx_merge, domain_of
 from .moe_losses import ROUTER_Z_LOSS_COEF, load_balancing_loss, router_z_loss

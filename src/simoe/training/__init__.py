@@ -1,18 +1,32 @@
-"""Training SIMoE: the Trainer subclass, the routing cache, run statistics and the run driver."""
+"""Training: a job, the methods that can run it, the SIMoE trainer, and the run directory.
 
+    job.py          TrainJob, prepare (data, tokenizer, base), the shared schedule
+    methods/        one module per method (simoe, full, lora, upcycle, btx), registered by name
+    trainer.py      SIMoETrainer: the SIMoE objective, lambda, vital signs, SIMoE checkpoints
+    routing_cache.py, stats.py, rundir.py
+    run.py          train(job): job -> prepare -> method.build -> trainer -> method.save
+"""
+
+from .job import TrainJob
+from .methods import METHODS, Method, get_method
 from .routing_cache import compute_routing_embeddings, load_or_compute
-from .run import FINAL_STATS_NAME, TrainJob, train
+from .run import train
+from .rundir import FINAL_STATS_NAME, METRICS_NAME, MetricsLogger
 from .stats import final_stats, kept_capacity
-from .trainer import METRICS_NAME, SIMoETrainer, SIMoETrainingArguments
+from .trainer import SIMoETrainer, SIMoETrainingArguments
 
 __all__ = [
     "FINAL_STATS_NAME",
+    "METHODS",
     "METRICS_NAME",
+    "Method",
+    "MetricsLogger",
     "SIMoETrainer",
     "SIMoETrainingArguments",
     "TrainJob",
     "compute_routing_embeddings",
     "final_stats",
+    "get_method",
     "kept_capacity",
     "load_or_compute",
     "train",

@@ -25,7 +25,6 @@ from ..objective import (
 )
 
 TRAINER_STATE_NAME = "simoe_trainer_state.json"
-METRICS_NAME = "metrics.jsonl"
 
 
 @dataclass
@@ -53,24 +52,6 @@ class SIMoETrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
-
-
-class MetricsLogger(TrainerCallback):
-    """Appends every training log (loss and, for SIMoE, the vital signs) to metrics.jsonl."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-
-    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        if state.is_world_process_zero:
-            self.path.touch()  # a run too short to log still has its (empty) log
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
-        if state.is_world_process_zero and logs and "loss" in logs:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-        return control
 
 
 class _DualAscent(TrainerCallback):

@@ -1,0 +1,81 @@
+"""Branch-Train-MiX: one dense copy per domain trained on its domain (built in ``build``), their
+FFNs (plus the base FFN) become Mixtral experts with averaged non-FFN weights, then everything
+trains on all data. Budget: half of the steps for the branches (split equally), half for the mix.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from ...baselines.btx import DEFAULT_SNI_DOMAINS, btx_merge, domain_of
+from ..job import Prepared, total_steps
+from ..rundir import METRICS_NAME, MetricsLogger
+from .base import PlainCollator, plain_rows
+from .upcycle import SparseUpcycling
+
+logger = logging.getLogger(__name__)
+
+
+def domains(prep: Prepared) -> dict[str, list[int]]:
+    """Example indices per BTX domain."""
+    mapping = DEFAULT_SNI_DOMAINS
+    if prep.job.domains:
+        mapping = json.loads(Path(prep.job.domains).read_text())
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, ex in enumerate(prep.examples):
+        # The category map wins where it knows the category (SNI's own "Domains" field names
+        # topics, not BTX training domains); else the record's domain; else the fallback.
+        if ex.category and ex.category in mapping:
+            domain = mapping[ex.category]
+        else:
+            domain = ex.domain or domain_of(ex.category or "", mapping)
+        groups[domain].append(i)
+    return dict(sorted(groups.items()))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "domain"
+
+
+class BranchTrainMix(SparseUpcycling):
+    name = "btx"
+    supports_resume = False  # the branches train in memory
+
+    def build(self, prep: Prepared) -> nn.Module:
+        job = prep.job
+        groups = domains(prep)
+        steps = total_steps(job, len(prep.encoded))
+        branch_steps = max(1, steps // (2 * len(groups)))
+        self.info = {"domains": {k: len(v) for k, v in groups.items()},
+                     "branch_steps": branch_steps,
+                     "mix_steps": max(1, steps - branch_steps * len(groups))}
+        branches = []
+        for name, idx in groups.items():
+            logger.info("BTX branch %r: %d examples, %d steps", name, len(idx), branch_steps)
+            dense = copy.deepcopy(prep.base)
+            for p in dense.parameters():
+                p.requires_grad_(True)
+            out = prep.output / "branches" / _safe(name)
+            out.mkdir(parents=True, exist_ok=True)
+            Trainer(model=dense, args=super().training_args(prep, output_dir=str(out),
+                                                            max_steps=branch_steps,
+                                                            save_strategy="no"),
+                    train_dataset=plain_rows(prep, idx),
+                    data_collator=PlainCollator(prep.tokenizer),
+                    callbacks=[MetricsLogger(out / METRICS_NAME)]).train()
+            branches.append(dense)
+        return btx_merge(prep.base, branches, top_k=job.moe_top_k, seed=job.seed)
+
+    def training_args(self, prep: Prepared, **overrides: Any) -> TrainingArguments:
+        return super().training_args(prep, max_steps=self.info["mix_steps"], **overrides)
+
+    def save(self, prep: Prepared, model: nn.Module, trainer: Trainer) -> dict[str, Any]:
+        return {**super().save(prep, model, trainer), "btx": self.info}
