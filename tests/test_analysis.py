@@ -10,9 +10,10 @@ import pytest
 
 from conftest import SNI_MINI, STORIES, TINY_CONFIGS, needs_shared, tiny_model
 from simoe import SIMoEConfig, SIMoEModel
-from simoe.analysis import analyze, classify, layer_type, load_run, task_alpha
+from simoe.analysis import analyze, classify, kept_capacity, layer_type, load_run, task_alpha
+from simoe.analysis import curve_figures as cf
 from simoe.analysis import figures as fg
-from simoe.analysis.report import kept_capacity
+from simoe.analysis import routing_figures as rf
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RUN_FIGURES = ("overlap", "capacity", "routing_alpha", "routing_dendrogram", "training_curves")
@@ -82,7 +83,7 @@ def test_figures_reject_bad_data(tmp_path):
     with pytest.raises(ValueError):
         fg.capacity_bars({"by_type": {"q": {"mean": 1.5, "std": 0.0}}}, tmp_path / "x.png")
     with pytest.raises(ValueError):
-        fg.routing_dendrogram({"tasks": ["a"], "categories": ["A"], "alpha": [[1.0]]},
+        rf.routing_dendrogram({"tasks": ["a"], "categories": ["A"], "alpha": [[1.0]]},
                               tmp_path / "x.png")
     assert not list(tmp_path.iterdir())  # nothing half-written
 
@@ -102,7 +103,7 @@ def test_comparison_tolerates_missing_numbers(tmp_path):
     runs = [{"name": "simoe", "method": "simoe", "trainable": 10, "total_stored": 100,
              "active_per_token": 90, "peak_memory_mb": None},
             {"name": "full", "method": "full", "trainable": 100, "total_stored": 100}]
-    data = fg.comparison_bars(runs, tmp_path / "c.png")
+    data = cf.comparison_bars(runs, tmp_path / "c.png")
     assert [r["name"] for r in data["runs"]] == ["simoe", "full"]
     assert data["runs"][1]["peak_memory_mb"] is None
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
@@ -223,9 +224,9 @@ def test_kept_capacity_without_the_checkpoint_agrees(real, tmp_path):
 def test_kept_capacity_without_the_base_model_agrees(real, monkeypatch):
     """Base model config not found: per-expert counts from the checkpoint, group sizes from
     final_stats.json; the spread over experts of merged types is still exact."""
-    from simoe.analysis import report
+    from simoe.analysis import run_data
 
-    monkeypatch.setattr(report, "_base_param_sizes", lambda base: (None, "not here"))
+    monkeypatch.setattr(run_data, "_base_param_sizes", lambda base: (None, "not here"))
     exact = real["summary"]["figures"]["run"]["capacity"]
     mid = kept_capacity(load_run(real["run"]))
     assert mid["source"] == "checkpoint+final_stats"
