@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import persistence
 from .config import SIMoEConfig
 from .layers import GatedDelta, RoutingState, SIMoELayer
+from .loading import load_base_model
 from .persistence import WEIGHTS_NAME
 from .router import Router, TaskRouter, position_ids_from_mask, routing_positions
 from .targets import find_targets, is_simoe_param, wrap_targets
@@ -91,8 +92,7 @@ class SIMoEModel(nn.Module):
             if not config.base_model_name_or_path:
                 raise ValueError(
                     f"{directory}: the checkpoint names no base model; pass base_model")
-            base_model = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path,
-                                                              **base_model_kwargs)
+            base_model = load_base_model(config.base_model_name_or_path, **base_model_kwargs)
         model = cls(base_model, config)
         persistence.load_simoe_weights(model, directory)
         return model

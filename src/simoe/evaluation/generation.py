@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..config import CONFIG_NAME
 from ..data import EncodedExample, SIMoECollator
+from ..loading import load_base_model, load_tokenizer
 from ..model import SIMoEModel
 
 
@@ -43,9 +43,9 @@ def load_for_eval(source: str, dtype: torch.dtype = torch.float32,
         raise ValueError(f"{source} is neither a SIMoE run directory (no {CONFIG_NAME}) nor a "
                          "transformers model directory (no config.json)")
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = load_base_model(source, dtype=dtype)
         tok_src, task_ids, kind = source, None, "transformers"
-    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    tokenizer = load_tokenizer(tok_src)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device is not None:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from ..data import build_task_ids, encode_examples, load_examples
+from ..loading import load_base_model, load_tokenizer
 from ..runtime import fit_source_length, reset_peak_memory
 from .rundir import resume_checkpoint, trim_metrics
 
@@ -91,7 +92,7 @@ def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
     output = Path(job.output)
     checkpoint = resume_checkpoint(output, job.resume)
     set_seed(job.seed)
-    tokenizer = AutoTokenizer.from_pretrained(job.model)
+    tokenizer = load_tokenizer(job.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     examples = load_examples(job.data, job.split, skip_invalid=job.skip_invalid,
@@ -100,7 +101,7 @@ def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
     if not examples:
         raise ValueError(f"{job.data}: no training examples in split {job.split!r}")
     dtype = torch.bfloat16 if job.bf16 else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(job.model, dtype=dtype)
+    base = load_base_model(job.model, dtype=dtype)
     max_target = job.max_target_len
     max_source = fit_source_length(base, job.max_source_len, max_target)
     task_ids = build_task_ids(examples) if task_routing else None

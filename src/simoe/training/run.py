@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..loading import resolve_model_reference
 from ..runtime import atomic_write_json, peak_memory_mb
 from .job import Prepared, TrainJob, prepare
 from .methods import get_method
@@ -45,7 +46,7 @@ def finish(prep: Prepared, method: str, steps: int, train_loss: float,
         "truncated_prompts": prep.encoded.num_truncated,
         "max_source_len": prep.max_source,
         "max_target_len": prep.max_target,
-        "base_model": prep.job.model,
+        "base_model": resolve_model_reference(prep.job.model),
     })
     prep.tokenizer.save_pretrained(prep.output)
     atomic_write_json(prep.output / FINAL_STATS_NAME, stats)

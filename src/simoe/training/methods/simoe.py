@@ -10,6 +10,7 @@ from transformers import Trainer
 
 from ...config import SIMoEConfig
 from ...data import SIMoECollator
+from ...loading import resolve_model_reference
 from ...model import SIMoEModel
 from ...runtime import atomic_write_json
 from ..job import Prepared, TrainJob, training_arguments
@@ -28,7 +29,8 @@ def simoe_config(job: TrainJob, num_tasks: int = 0) -> SIMoEConfig:
     no sparsity constraint: free real-valued masks)."""
     return SIMoEConfig(
         num_experts=job.experts, target_sparsity=job.sparsity, ortho_weight=job.ortho,
-        routing=job.routing, num_tasks=num_tasks, base_model_name_or_path=job.model,
+        routing=job.routing, num_tasks=num_tasks,
+        base_model_name_or_path=resolve_model_reference(job.model),
         gate_mode=job.gate_mode if job.sparsity_constraint else "free",
         include=[FFN_PATTERN] if job.targets == "ffn" else [],
         target_norms=job.targets != "ffn")
