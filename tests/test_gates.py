@@ -62,3 +62,13 @@ def test_init_log_alpha_fills_in_place():
     t = torch.empty(3, 1000)
     out = init_log_alpha(t, 0.05, 0.0)
     assert out is t and torch.all(t == init_mean(0.05))
+
+
+def test_deterministic_gate_closes_exactly_where_expected_l0_is_one_half():
+    from simoe.gates import CLOSED_BELOW, L0_SHIFT, OPEN_ABOVE
+    assert CLOSED_BELOW == L0_SHIFT and abs(CLOSED_BELOW + 1.5986) < 1e-3
+    assert math.isclose(expected_l0(torch.tensor(CLOSED_BELOW)).item(), 0.5, rel_tol=1e-6)
+    la = torch.tensor([CLOSED_BELOW - 1e-4, CLOSED_BELOW + 1e-3, OPEN_ABOVE - 1e-3,
+                       OPEN_ABOVE + 1e-4])
+    z = deterministic_gate(la)
+    assert z[0] == 0.0 and 0 < z[1] < z[2] < 1 and z[3] == 1.0

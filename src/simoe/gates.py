@@ -7,6 +7,7 @@ whatever dtype the model runs in.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -15,6 +16,14 @@ GAMMA = -0.1
 ZETA = 1.1
 # beta * log(-gamma / zeta): the shift between log_alpha and the logit of P(z != 0).
 L0_SHIFT = BETA * math.log(-GAMMA / ZETA)
+# The deterministic gate is exactly 0 iff sigmoid(log_alpha / beta) <= -gamma / (zeta - gamma),
+# i.e. iff log_alpha <= beta log(-gamma / zeta) = L0_SHIFT (about -1.60, where P(z != 0) = 1/2),
+# and exactly 1 iff log_alpha >= -L0_SHIFT (about +1.60).
+CLOSED_BELOW = L0_SHIFT
+OPEN_ABOVE = -L0_SHIFT
+# SMAT (szc12153/sparse_meta_tuning) keeps log phi within [log 0.01, log 100].
+LOG_ALPHA_MIN = math.log(0.01)
+LOG_ALPHA_MAX = math.log(100.0)
 
 
 def deterministic_gate(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -61,3 +70,37 @@ def init_log_alpha(tensor: torch.Tensor, drop_prob: float, std: float) -> torch.
     """Fill ``tensor`` in place with N(init_mean(drop_prob), std^2) and return it."""
     with torch.no_grad():
         return tensor.normal_(init_mean(drop_prob), std)
+
+
+@torch.no_grad()
+def clamp_log_alpha_(gated: Iterable, low: float = LOG_ALPHA_MIN, high: float = LOG_ALPHA_MAX
+                     ) -> None:
+    """Clamp every gate logit into [low, high] in place (call it after each optimiser step).
+
+    ``gated`` holds GatedDelta-like objects (anything with a ``log_alpha`` tensor) or tensors.
+
+    Why: outside the band [CLOSED_BELOW, OPEN_ABOVE] ~ [-1.6, 1.6] the deterministic gate is
+    flat at 0 or 1, so nothing stops Adam from carrying a logit arbitrarily far (momentum keeps
+    moving it after its gradient vanishes); a gate at log_alpha = -30 would need thousands of
+    steps to come back. With the clamp a closed gate sits at most |low - CLOSED_BELOW| ~ 3.0
+    logits from reopening (~300 Adam steps at gate lr 1e-2) and an open one at most ~3.0 from
+    the point where it starts to close, so the optimiser can still change its mind.
+
+    What the clamp does NOT do: under the deterministic gate (our default) a gate at exactly 0
+    gets no gradient from the NLL (the clamp of the gate at 0 has zero derivative; moreover
+    theta_delta gets no gradient on a column every expert has closed) and none from the
+    orthogonality penalty either (that acts on z itself, which is flat at 0). The only
+    gradient on a closed logit is the expected-L0 term's, because
+    expected_l0 = sigmoid(log_alpha - L0_SHIFT) is smooth everywhere (at log_alpha = -4.6 it
+    is 0.047 with slope 0.045) -- and that term only pushes towards sparser (or is 0 once lambda
+    is reset). So with deterministic gates a closed gate stays closed; the clamp bounds the
+    drift and makes reopening *reachable* when something else supplies the upward signal:
+    stochastic gates in training (mode='stochastic': at log_alpha = -4.6 a sample is non-zero
+    with probability 0.047, and those samples carry the NLL gradient, which is SMAT's setting),
+    or a straight-through estimator for the clamp (not implemented here).
+    """
+    if low >= high:
+        raise ValueError(f"clamp_log_alpha_ needs low < high, got low={low}, high={high}")
+    for item in gated:
+        tensor = item if isinstance(item, torch.Tensor) else item.log_alpha
+        tensor.clamp_(low, high)

@@ -1,39 +1,101 @@
 """The SIMoE objective (SIMOE.md section 2, paper eq. 3 and 10-13).
 
-    L = NLL + beta * L_ortho(Z) + lambda * (tau - expected_sparsity(Z))
+    L = NLL + beta * L_ortho(Z) + sum_i lambda_i * (tau_i(t) - expected_sparsity_i(Z))
 
 Conventions fixed here:
 
 - Sparsity counts *parameters*: a column gate of an ``out x in`` matrix stands for ``out``
-  parameters, an element gate for one. Columns removed by pruning count as gated off. The
-  measured sparsity of expert i is the fraction of gated parameters whose gate z_i is exactly 0;
-  'mean' averages it over experts, 'union' is the fraction gated off for *every* expert (what
-  pruning can remove, so it bounds the stored size).
+  parameters (its weight w_c), an element gate for one. D = sum_c w_c is the number of gated
+  parameters *including* pruned columns, which count as gated off. The measured sparsity of
+  expert i is the fraction of D whose gate z_i is exactly 0; 'mean' averages it over experts,
+  'union' is the fraction gated off for *every* expert (what pruning removes, so it bounds the
+  stored and activated size).
+- Constraints (``CONSTRAINTS``): 'union' and 'mean' give one row (one lambda); 'per-expert'
+  gives M rows, one lambda and one target per expert (SMAT's choice: every expert is held to
+  tau separately, so no expert can be starved while another stays dense).
 - Expected sparsity replaces "z == 0" by 1 - P(z != 0) (the expected L0, differentiable). For the
   union, P(some expert keeps a column) = 1 - prod_i (1 - P(z_i != 0)) (gates are independent).
-- L_ortho = ||Z Z^T - I||_F with Z in R^{M x D} the concatenated live gates, one entry per gate
-  (not weighted by parameters), no normalisation, as written in the paper (its beta = 5e-6 is
-  calibrated to this raw scale).
-- lambda >= 0 is a Lagrange multiplier: after each optimiser step
-  lambda <- max(0, lambda + eta * (tau - measured)), and lambda <- 0 as soon as the constraint
-  measured >= tau holds (Gallego-Posada et al. 2022).
+  Beware: with M = 8 gates at their initial P(z != 0) = 0.95 that product is ~1e-9, so the union
+  surrogate has almost no gradient until the experts have spread apart.
+- lambda_i >= 0 are Lagrange multipliers: after each optimiser step
+  lambda_i <- max(0, lambda_i + eta (tau_i(t) - measured_i)), and lambda_i <- 0 as soon as its
+  own constraint measured_i >= tau_i(t) holds (Gallego-Posada et al. 2022). ``target_at`` gives
+  tau(t), a linear warm-up from 0 to tau.
+
+Orthogonality (``orthogonality(..., form=...)``):
+
+- 'literal': ||Z Z^T - I||_F with Z in R^{M x N} the concatenated live gates, one entry per gate,
+  unweighted, as the paper writes it. Its diagonal (||z_i||^2 - 1)^2 ~ N^2 dwarfs the overlap
+  and pushes every gate to 0 (SIMOE.md section 2, failure mode 1). Kept for comparison.
+- 'offdiag': L_off = sum_{i != j} sum_c w_c z_ic z_jc / D, the off-diagonal of the
+  parameter-weighted Gram matrix Z W Z^T divided by D. For binary gates the (i, j) term is the
+  fraction of gated parameters kept by both i and j, so L_off lies in [0, M(M-1)] and does not
+  change when the model grows (duplicating every tensor leaves it unchanged). Weighted by
+  parameters, not per gate, because that is what the sparsity constraint and the overlap of
+  Table 5 / Fig. 5 count (a gate_proj column of Llama-3-8B holds 14336 parameters, a k_proj
+  column 1024), and because the NLL gradient on a column gate is itself a sum over its w_c rows.
+
+Scale of beta for 'offdiag' (to be calibrated by runs). The gates are trained with Adam, which
+normalises each gate's total gradient, so what matters is the ratio of the forces on one gate:
+
+    d(beta L_off)/d z_ic          = 2 beta (w_c / D) sum_{j != i} z_jc
+    d(lambda (tau - e_i))/d p_ic  = -lambda (w_c / D)       ('per-expert'; '/M' for 'mean')
+    d NLL / d z_ic                = alpha_i sum_r delta_rc dNLL/dW_rc   (no 1/D)
+
+In 'offdiag' beta is thus on lambda's scale (both price a fraction of D), but both shrink like
+1/N_gates against the NLL; lambda adapts (it settles near N_gates times the NLL force), a fixed
+beta does not, so a fixed beta on L_off weakens ~10x from a 135M model (N ~ 1.5e5 column gates)
+to an 8B one (N ~ 1.25e6). The paper's literal norm has a per-gate gradient of order 2 beta
+whatever N is (numerator and norm both grow like N), so its beta in {0, 5e-6, 5e-5, 5e-4} is a
+per-gate force. Proposal: put ``beta * num_gates(gated) * L_off`` in the loss (and log L_off).
+Its per-gate gradient 2 beta (w_c / w_mean) sum_{j != i} z_jc is independent of model size, of
+the same order as the paper's literal form at the paper's beta (about 14 beta at initialisation
+where all 7 other experts keep the column, falling to 0 as overlap vanishes, instead of the
+literal form's push on every gate), so the paper's beta range can be swept as is. Equivalently,
+beta_offdiag = beta_paper * N_gates (e.g. 5e-6 -> ~0.75 at 135M, ~6 at 8B) if L_off is used
+unscaled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from .gates import expected_l0
+from .gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN, clamp_log_alpha_, expected_l0
 from .layers import GatedDelta
 
-CONSTRAINTS = ("mean", "union")
+CONSTRAINTS = ("union", "mean", "per-expert")
+ORTHO_FORMS = ("literal", "offdiag")
+
+__all__ = [
+    "CONSTRAINTS", "ORTHO_FORMS", "LOG_ALPHA_MIN", "LOG_ALPHA_MAX", "Lagrangian",
+    "clamp_log_alpha_", "concatenated_gates", "expected_sparsity",
+    "expected_sparsity_per_expert", "mean_overlap", "measured_constraint", "measured_sparsity",
+    "num_gates", "orthogonality", "overlap_matrix", "routing_entropy", "target_at",
+]
+
+
+def _check_constraint(constraint: str) -> None:
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+
+
+def _check_tau(tau: float, what: str = "tau") -> None:
+    if not (isinstance(tau, (int, float)) and 0.0 <= tau < 1.0):
+        raise ValueError(f"{what} (target sparsity) must lie in [0, 1), got {tau!r}")
 
 
 def _totals(gated: list[GatedDelta]) -> float:
     return float(sum(gd.full_size * gd.params_per_gate for gd in gated))
+
+
+def num_gates(gated: Iterable[GatedDelta]) -> int:
+    """N: gate positions per expert over all tensors, pruned columns included."""
+    return sum(gd.full_size for gd in gated)
 
 
 @torch.no_grad()
@@ -54,11 +116,30 @@ def measured_sparsity(gated: Iterable[GatedDelta]) -> dict[str, object]:
             "union": 1.0 - kept_union / total}
 
 
-def expected_sparsity(gated: Iterable[GatedDelta], constraint: str = "mean") -> torch.Tensor:
-    """Differentiable 1 - expected L0, parameter-weighted: mean over experts, or of the union."""
-    if constraint not in CONSTRAINTS:
-        raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+def measured_constraint(gated: Iterable[GatedDelta], constraint: str) -> float | list[float]:
+    """The measured figure that ``constraint`` bounds: a float, or M floats for 'per-expert'
+    (what :meth:`Lagrangian.update` takes)."""
+    _check_constraint(constraint)
+    return measured_sparsity(gated)[constraint.replace("-", "_")]
+
+
+def expected_sparsity_per_expert(gated: Iterable[GatedDelta]) -> torch.Tensor:
+    """Tensor[M]: 1 - sum_c w_c P(z_ic != 0) / D per expert, differentiable (fp32)."""
     gated = list(gated)
+    total = _totals(gated)
+    kept = 0.0
+    for gd in gated:
+        kept = kept + expected_l0(gd.log_alpha).sum(dim=1) * gd.params_per_gate  # [M]
+    return 1.0 - kept / total
+
+
+def expected_sparsity(gated: Iterable[GatedDelta], constraint: str = "mean") -> torch.Tensor:
+    """Differentiable 1 - expected L0, parameter-weighted: a scalar for 'mean' (over experts)
+    and 'union', a Tensor[M] for 'per-expert'."""
+    _check_constraint(constraint)
+    gated = list(gated)
+    if constraint == "per-expert":
+        return expected_sparsity_per_expert(gated)
     total = _totals(gated)
     kept = 0.0
     for gd in gated:
@@ -71,16 +152,59 @@ def expected_sparsity(gated: Iterable[GatedDelta], constraint: str = "mean") -> 
     return 1.0 - kept / total
 
 
+def target_at(step: int, total_steps: int, tau: float, warmup_fraction: float = 0.0) -> float:
+    """The constrained target at optimiser step ``step``: tau * step / W for step < W, then tau,
+    with W = warmup_fraction * total_steps (warmup_fraction = 0: tau from step 0).
+
+    Linear, as in CoFi (Xia et al. 2022) and Sheared-LLaMA, which ramp their target sparsity
+    linearly over a Lagrangian warm-up. The cubic ramp tau (1 - (1 - t/W)^3) (Zhu & Gupta 2017)
+    front-loads the pruning: it closes most gates in the first steps, when theta_delta is still
+    ~0 and the NLL says nothing yet about which columns matter -- the very failure seen in wave 1
+    (every gate crossing 0 within a few steps). A linear ramp asks for the same number of
+    newly closed parameters every step, so the dual step on lambda stays small and steady.
+    """
+    _check_tau(tau)
+    if not 0.0 <= warmup_fraction <= 1.0:
+        raise ValueError(f"warmup_fraction must lie in [0, 1], got {warmup_fraction!r}")
+    if total_steps < 0 or step < 0:
+        raise ValueError(f"step and total_steps must be >= 0, got step={step}, "
+                         f"total_steps={total_steps}")
+    warmup = warmup_fraction * total_steps
+    if warmup <= 0 or step >= warmup:
+        return float(tau)
+    return float(tau) * step / warmup
+
+
 def concatenated_gates(gated: Iterable[GatedDelta], training: bool = False) -> torch.Tensor:
     """Z in R^{M x D}: every live gate of every layer, side by side."""
     return torch.cat([gd.gates(training) for gd in gated], dim=1)
 
 
-def orthogonality(gated: Iterable[GatedDelta], training: bool = False) -> torch.Tensor:
-    """||Z Z^T - I||_F over the concatenated gates (paper section 3.1.2)."""
-    z = concatenated_gates(gated, training)
-    gram = z @ z.t()
-    return torch.linalg.matrix_norm(gram - torch.eye(z.shape[0], device=z.device), ord="fro")
+def orthogonality(gated: Iterable[GatedDelta], training: bool = False,
+                  form: str = "literal") -> torch.Tensor:
+    """The orthogonality penalty on the gates (paper section 3.1.2; see the module docstring).
+
+    form='literal': ||Z Z^T - I||_F over the concatenated live gates, unweighted.
+    form='offdiag': L_off = sum_{i != j} sum_c w_c z_ic z_jc / D in [0, M(M-1)], w_c the
+      parameters gate c stands for, D all gated parameters (pruned columns included).
+      Recommended loss term: beta * num_gates(gated) * L_off.
+    """
+    if form not in ORTHO_FORMS:
+        raise ValueError(f"orthogonality form must be one of {ORTHO_FORMS}, got {form!r}")
+    gated = list(gated)
+    if form == "literal":
+        z = concatenated_gates(gated, training)
+        gram = z @ z.t()
+        return torch.linalg.matrix_norm(gram - torch.eye(z.shape[0], device=z.device),
+                                        ord="fro")
+    total = _totals(gated)
+    off = 0.0
+    for gd in gated:
+        z = gd.gates(training)  # [M, k]
+        col = z.sum(dim=0)
+        # sum_{i != j} z_i z_j = (sum_i z_i)^2 - sum_i z_i^2, per gate position
+        off = off + ((col * col).sum() - (z * z).sum()) * gd.params_per_gate
+    return off / total
 
 
 @torch.no_grad()
@@ -107,26 +231,150 @@ def mean_overlap(matrix: list[list[float]]) -> float:
     return sum(matrix[i][j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
 
 
+def _floats(x: Any, what: str) -> float | list[float]:
+    """A float, or a list of floats for a sequence / 1-D tensor (JSON-friendly)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double()
+        return float(x) if x.dim() == 0 else [float(v) for v in x.flatten()]
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        return [float(v) for v in x]
+    if isinstance(x, (int, float)):
+        return float(x)
+    raise ValueError(f"{what} must be a number or a sequence of numbers, got {x!r}")
+
+
 @dataclass
 class Lagrangian:
-    """lambda for the constraint sparsity >= target: projected dual ascent with reset."""
+    """lambda for the constraint(s) sparsity >= target: projected dual ascent with reset.
+
+    ``value`` is one float (one constraint row: 'mean' or 'union') or M floats ('per-expert',
+    see :meth:`per_expert`); each lambda_i has its own update and its own reset. ``target`` is
+    tau; :meth:`update` takes the scheduled tau(t) (:func:`target_at`). State for checkpoints:
+    :meth:`state_dict` / :meth:`load_state_dict`, plain floats and lists.
+    """
 
     target: float
     lr: float = 1.0
-    value: float = 0.0
+    value: float | list[float] = 0.0
+    current_target: float | list[float] | None = field(default=None)
 
-    def penalty(self, expected: torch.Tensor) -> torch.Tensor:
-        """lambda * (tau - expected sparsity); lambda is a constant for the primal step."""
-        return self.value * (self.target - expected)
+    def __post_init__(self) -> None:
+        _check_tau(self.target, "target")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr (dual step eta) must be a finite number > 0, got {self.lr!r}")
+        self.value = _floats(self.value, "value")
+        if self.is_per_expert and not self.value:
+            raise ValueError("a per-expert Lagrangian needs at least one multiplier")
+        if any(v < 0 or not math.isfinite(v) for v in self.multipliers):
+            raise ValueError(f"Lagrange multipliers must be finite and >= 0, got {self.value!r}")
+        if self.current_target is not None:
+            self.current_target = self._targets(self.current_target)
 
-    def update(self, measured: float) -> float:
-        """One dual step after an optimiser step; reset to 0 once the constraint holds."""
-        violation = self.target - measured
-        if violation <= 0:
-            self.value = 0.0
+    @classmethod
+    def per_expert(cls, target: float, lr: float, num_experts: int) -> Lagrangian:
+        """One multiplier per expert, all starting at 0."""
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        return cls(target, lr, [0.0] * num_experts)
+
+    @property
+    def is_per_expert(self) -> bool:
+        return isinstance(self.value, list)
+
+    @property
+    def multipliers(self) -> list[float]:
+        """The multipliers as a list (one element for the scalar case)."""
+        return list(self.value) if self.is_per_expert else [self.value]
+
+    def _rows(self, x: Any, what: str) -> list[float]:
+        """x as one float per constraint row (a scalar broadcasts over the rows)."""
+        v = _floats(x, what)
+        n = len(self.multipliers)
+        if isinstance(v, float):
+            return [v] * n
+        if len(v) != n:
+            raise ValueError(f"{what} has {len(v)} entries, the Lagrangian has {n} "
+                             f"multiplier{'s' if n > 1 else ''}")
+        return v
+
+    def _targets(self, target: Any) -> float | list[float]:
+        rows = self._rows(target, "target")
+        for t in rows:
+            _check_tau(t, "target")
+        return rows if self.is_per_expert else rows[0]
+
+    def penalty(self, expected: torch.Tensor, target: Any = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_i w_i lambda_i (tau_i - expected_i); lambda is a constant for the primal step.
+
+        ``expected`` is a scalar (one row) or Tensor[M] (per expert). ``target`` defaults to the
+        last one given to :meth:`update` (or tau); it shifts the value, not the gradient.
+        ``weights`` (per-expert only, e.g. the mean routing weights, SMAT) scale each row.
+        """
+        tau = self._rows(target if target is not None else
+                         (self.current_target if self.current_target is not None
+                          else self.target), "target")
+        if not self.is_per_expert:
+            if weights is not None:
+                raise ValueError("weights apply only to a per-expert Lagrangian")
+            return self.value * (tau[0] - expected)
+        if expected.dim() != 1 or expected.shape[0] != len(self.value):
+            raise ValueError(f"a per-expert Lagrangian needs expected sparsity of shape "
+                             f"[{len(self.value)}], got {tuple(expected.shape)}")
+        lam = torch.tensor(self.value, device=expected.device, dtype=expected.dtype)
+        taus = torch.tensor(tau, device=expected.device, dtype=expected.dtype)
+        rows = lam * (taus - expected)
+        if weights is not None:
+            rows = rows * weights.to(device=expected.device, dtype=expected.dtype)
+        return rows.sum()
+
+    def update(self, measured: Any, target: Any = None) -> float | list[float]:
+        """One dual step after an optimiser step: lambda_i <- max(0, lambda_i + eta (tau_i -
+        measured_i)), and lambda_i <- 0 once its own constraint holds. ``target``: the
+        scheduled tau(t) (a float, or M floats), default tau."""
+        tau = self._rows(self.target if target is None else target, "target")
+        for t in tau:
+            _check_tau(t, "target")
+        meas = self._rows(measured, "measured sparsity")
+        new = []
+        for lam, t, m in zip(self.multipliers, tau, meas, strict=True):
+            violation = t - m
+            new.append(0.0 if violation <= 0 else max(0.0, lam + self.lr * violation))
+        self.value = new if self.is_per_expert else new[0]
+        self.current_target = tau if self.is_per_expert else tau[0]
+        return list(new) if self.is_per_expert else new[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state: floats and lists only."""
+        return {"target": self.target, "lr": self.lr,
+                "value": list(self.value) if self.is_per_expert else self.value,
+                "current_target": (list(self.current_target)
+                                   if isinstance(self.current_target, list)
+                                   else self.current_target)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore lambda (and the last scheduled target) from :meth:`state_dict`, or from the
+        older ``{"lambda": float}``; target and lr stay as configured. The kind (one lambda or
+        M) must match this Lagrangian's."""
+        if "value" in state:
+            value = state["value"]
+        elif "lambda" in state:
+            value = state["lambda"]
         else:
-            self.value = max(0.0, self.value + self.lr * violation)
-        return self.value
+            raise ValueError("Lagrangian state has neither 'value' nor 'lambda'")
+        value = _floats(value, "value")
+        if isinstance(value, list) != self.is_per_expert or (
+                self.is_per_expert and len(value) != len(self.value)):
+            have = f"{len(self.value)} multipliers" if self.is_per_expert else "one multiplier"
+            got = f"{len(value)} multipliers" if isinstance(value, list) else "one multiplier"
+            raise ValueError(f"Lagrangian state has {got}, this Lagrangian has {have}: was the "
+                             "checkpoint trained with another constraint or number of experts?")
+        if any(v < 0 or not math.isfinite(v)
+               for v in (value if isinstance(value, list) else [value])):
+            raise ValueError(f"Lagrange multipliers must be finite and >= 0, got {value!r}")
+        self.value = value
+        cur = state.get("current_target")
+        self.current_target = None if cur is None else self._targets(cur)
 
 
 def routing_entropy(alpha: torch.Tensor) -> torch.Tensor:
