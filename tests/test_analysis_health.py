@@ -51,7 +51,7 @@ def write_run(root, *, per_expert=None, union=TAU, mean=None, tau=TAU, m=M, cons
         a = alpha if late or early_alpha is None else early_alpha
         h = entropy if late or early_entropy is None else early_entropy
         row = {"step": 5 * (k + 1), "loss": 2.0, "lambda": 0.0, "ortho": 0.1, "nll": 2.0,
-               "sparsity_mean": mean, "sparsity_union": union, "expected_sparsity": mean,
+               "sparsity_mean": mean, "sparsity_union": union, "expected_sparsity_union": mean,
                **{f"sparsity_expert_{i}": s for i, s in enumerate(per_expert)},
                "routing_entropy": h, **{f"alpha_mean_{i}": v for i, v in enumerate(a)},
                "epoch": k / rows}

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "simoe"
 # The layers of the README's architecture map, lowest first. A module may import its own layer
 # or a lower one. Keys are the first component under simoe/ (a module or a subpackage).
 LAYERS = [
-    {"config", "gates", "runtime", "gguf_cache"},
+    {"config", "gates", "runtime", "gguf_cache", "constraint"},
     {"loading"},
     {"layers"},
     {"router", "objective", "targets"},

@@ -9,19 +9,22 @@ import math
 import pytest
 import torch
 
+from simoe.constraint import Lagrangian, target_at
 from simoe.gates import (
+    BETA,
     CLOSED_BELOW,
+    GAMMA,
     L0_SHIFT,
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
     OPEN_ABOVE,
+    ZETA,
     deterministic_gate,
     expected_l0,
 )
 from simoe.layers import GatedDelta
 from simoe.objective import (
     CONSTRAINTS,
-    Lagrangian,
     clamp_log_alpha_,
     expected_sparsity,
     expected_sparsity_per_expert,
@@ -32,7 +35,6 @@ from simoe.objective import (
     orthogonality,
     overlap_matrix,
     routing_entropy,
-    target_at,
 )
 
 ON, OFF = 10.0, -10.0
@@ -406,3 +408,63 @@ def test_a_clamped_closed_gate_gets_gradient_only_from_the_expected_l0():
     la.grad = None
     expected_l0(la).sum().backward()
     assert la.grad.item() == pytest.approx(0.045, abs=2e-3)  # smooth: still a gradient
+
+
+# ------------------------------------------------------------------ hold, ramp, weights, STE
+
+
+def test_ramp_holds_then_rises_linearly():
+    from simoe.constraint import ramp
+
+    assert [ramp(s, 100, 0.5, 0.1) for s in (0, 9, 10, 30, 50, 99)] == pytest.approx(
+        [0.0, 0.0, 0.0, 0.5, 1.0, 1.0])
+    assert target_at(30, 100, 0.75, 0.5, 0.1) == pytest.approx(0.375)
+    assert ramp(0, 100, 0.0, 0.0) == 1.0  # no warm-up: full pressure from the start
+    with pytest.raises(ValueError, match="hold_fraction"):
+        ramp(0, 100, 0.3, 0.5)
+
+
+def test_weighted_offdiag_orthogonality_weights_each_pair():
+    gated = _random_tensors(seed=2, experts=3)
+    w = torch.tensor([0.5, 1.0, 2.0])
+    m = 3
+    want = 0.0
+    total = sum((gd.rows or 1) * gd.full_size for gd in gated)
+    for gd in gated:
+        z = deterministic_gate(gd.log_alpha.detach()).double()
+        for i, j in itertools.product(range(m), range(m)):
+            if i != j:
+                want += float(w[i] * w[j]) * (gd.rows or 1) * float((z[i] * z[j]).sum())
+    got = orthogonality(gated, form="offdiag", weights=w).item()
+    assert got == pytest.approx(want / total, rel=1e-6)
+
+
+def test_straight_through_gate_gives_a_closed_gate_the_data_gradient():
+    la = torch.tensor([-3.0, 0.5], requires_grad=True)
+    z = deterministic_gate(la, straight_through=True)
+    assert z.tolist() == deterministic_gate(la.detach()).tolist()  # same values
+    assert z[0].item() == 0.0
+    (z * torch.tensor([2.0, 2.0])).sum().backward()
+    s = torch.sigmoid(la.detach() / BETA)
+    slope = s * (1 - s) / BETA * (ZETA - GAMMA)  # d s(log_alpha) / d log_alpha, unclamped
+    assert la.grad.tolist() == pytest.approx((2 * slope).tolist(), rel=1e-6)
+    la.grad = None
+    deterministic_gate(la).sum().backward()  # the literal clamp: nothing reaches a closed gate
+    assert la.grad[0].item() == 0.0
+
+
+def test_two_sided_lagrangian_reopens_above_the_band_and_rests_inside_it():
+    lag = Lagrangian(0.75, lr=0.5, band=0.02)
+    assert lag.update(0.65) == pytest.approx(0.05)  # below tau: push sparser
+    assert lag.update(0.76) == 0.0  # inside [tau, tau + band]: rest
+    assert lag.update(0.87) == pytest.approx(-0.05)  # above: negative, gates reopen
+    assert lag.update(0.87) == pytest.approx(-0.10)
+    assert lag.update(0.70) == pytest.approx(0.025)  # back below: the sign flips at once
+    expected = torch.tensor(0.8, requires_grad=True)
+    lag.value = -0.1
+    lag.penalty(expected).backward()
+    assert expected.grad.item() == pytest.approx(0.1)  # minimising it lowers the sparsity
+    with pytest.raises(ValueError, match="band"):
+        Lagrangian(0.75, band=-0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        Lagrangian(0.75, value=-1.0)  # one-sided: no negative multiplier

@@ -15,8 +15,8 @@ from simoe.training import TrainJob, train
 pytestmark = needs_shared
 
 SHORT = dict(model=str(STORIES), data=str(SNI_MINI), max_source_len=256, max_target_len=32,
-             batch_size=8, max_instances_per_task=20, gate_lr=0.1, lambda_lr=0.2,
-             save_steps=1000)
+             batch_size=8, max_instances_per_task=20, lr=1e-3, save_steps=1000)
+STEPS = 80
 
 
 def _metrics(run):
@@ -25,20 +25,25 @@ def _metrics(run):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Two 60-step runs at tau = 0.5 that differ only in the orthogonality weight."""
+    """Two 80-step runs at tau = 0.5 (defaults otherwise) that differ only in beta."""
     out = {}
-    for name, ortho in (("plain", 0.0), ("ortho", 1e-4)):
+    for name, ortho in (("plain", 0.0), ("ortho", 5e-5)):
         job = TrainJob(output=str(tmp_path_factory.mktemp(name)), sparsity=0.5, ortho=ortho,
-                       max_steps=60, logging_steps=10, **SHORT)
+                       max_steps=STEPS, logging_steps=10, **SHORT)
         out[name] = train(job)
     return out
 
 
-def test_short_run_reaches_the_sparsity_target(runs):
+def test_short_run_lands_the_union_on_tau_and_keeps_every_expert(runs):
     stats = json.loads((runs["plain"] / "final_stats.json").read_text())
-    assert stats["sparsity"]["mean"] >= 0.49
+    assert stats["constraint"] == "union"
+    assert 0.49 <= stats["sparsity"]["union"] <= 0.53, stats["sparsity"]
+    assert stats["sparsity"]["mean"] >= stats["sparsity"]["union"]
     assert len(stats["sparsity"]["per_expert"]) == 8
-    assert stats["steps"] == 60
+    assert max(stats["sparsity"]["per_expert"]) < 1.0  # no expert dead
+    last = _metrics(runs["plain"])[-1]
+    assert min(last[f"alpha_mean_{i}"] for i in range(8)) >= 1 / 32  # every expert in use
+    assert stats["steps"] == STEPS
     counts = stats["parameter_counts"]
     assert counts["delta"] < counts["targeted_base"]  # pruned at the end
     assert counts["total_stored"] == counts["base"] + counts["delta"] + counts["gates"] + counts[
@@ -52,18 +57,17 @@ def test_short_run_reaches_the_sparsity_target(runs):
     assert all(overlap[i][j] == overlap[j][i] for i in range(8) for j in range(8))
 
 
-def test_log_shows_lambda_rising_then_reset_and_nll_falling(runs):
+def test_log_shows_the_hold_the_ramp_and_nll_falling(runs):
     log = _metrics(runs["plain"])
-    assert [row["step"] for row in log] == [10, 20, 30, 40, 50, 60]
-    lambdas = [row["lambda"] for row in log]
-    rising = any(0 < a < b for a, b in zip(lambdas[:-1], lambdas[1:], strict=True))
-    assert rising, lambdas
-    peak = max(range(len(lambdas)), key=lambdas.__getitem__)
-    assert 0.0 in lambdas[peak:], lambdas  # reset to 0 once the constraint holds
+    assert [row["step"] for row in log] == list(range(10, STEPS + 1, 10))
+    targets = [row["target"] for row in log]
+    assert targets[0] == 0.0 and targets[-1] == 0.5  # hold (25%), ramp, then tau
+    assert targets == sorted(targets)
+    assert all(row["lambda"] == 0.0 for row in log if row["target"] == 0.0)
     nll = [row["nll"] for row in log]
     assert sum(nll[-2:]) / 2 < sum(nll[:2]) / 2
     for key in ("ortho", "sparsity_mean", "sparsity_union", "sparsity_expert_7",
-                "routing_entropy", "alpha_mean_0", "expected_sparsity"):
+                "routing_entropy", "alpha_mean_0", "expected_sparsity_union"):
         assert key in log[-1]
 
 
@@ -154,3 +158,22 @@ def test_cli_help_shows_paper_defaults(capsys):
     for flag, default in (("--lr", "2e-05"), ("--sparsity", "0.75"), ("--ortho", "5e-06"),
                           ("--experts", "8"), ("--batch-size", "16")):
         assert flag in text and f"(default: {default})" in text, flag
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--sparsity=-0.1"], "--sparsity"),
+    (["--ortho=-1e-6"], "--ortho"),
+    (["--sparsity-warmup", "1.5"], "--sparsity-warmup"),
+    (["--sparsity-hold", "0.6", "--sparsity-warmup", "0.5"], "--sparsity-hold"),
+    (["--constraint", "median"], "--constraint"),
+    (["--ortho-form", "frobenius"], "--ortho-form"),
+])
+def test_cli_refuses_bad_objective_settings_before_any_work(tmp_path, capsys, flags, names):
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(STORIES), "--data", str(SNI_MINI), "--output", str(out),
+                 *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and names in err
+    assert not out.exists()

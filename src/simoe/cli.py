@@ -39,9 +39,19 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    help="routing level (ablation d: token)")
     g.add_argument("--gate-mode", choices=["deterministic", "stochastic"], default=d.gate_mode,
                    help="median gate (paper) or sampled hard-concrete gate in training")
-    g.add_argument("--constraint", choices=["mean", "union"], default=d.constraint,
-                   help="constrain the mean sparsity over experts, or the fraction of "
-                        "parameters gated off for every expert (bounds the pruned size)")
+    g.add_argument("--constraint", default=d.constraint,
+                   help="which sparsity tau bounds: union (gated off for every expert = what "
+                        "is pruned, stored and activated), mean (over experts) or per-expert "
+                        "(one multiplier per expert)")
+    g.add_argument("--sparsity-warmup", type=float, default=d.sparsity_warmup,
+                   help="fraction of the steps by which the target has ramped up to tau")
+    g.add_argument("--balance", type=float, default=d.balance,
+                   help="weight of log M - H(batch-mean alpha), keeps every expert in use")
+    g.add_argument("--sparsity-hold", type=float, default=d.sparsity_hold,
+                   help="fraction of the steps before any sparsity/orthogonality pressure")
+    g.add_argument("--ortho-form", default=d.ortho_form,
+                   help="offdiag: beta * N * sum_{i!=j} <z_i, z_j>_w / D (overlap between "
+                        "experts, size-free); literal: ||ZZ^T - I||_F as printed")
     g.add_argument("--no-routing-cache", dest="routing_cache", action="store_false",
                    help="re-run the routing pass every step instead of caching embeddings")
     g.add_argument("--targets", choices=["all", "ffn"], default=d.targets,

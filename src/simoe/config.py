@@ -33,6 +33,10 @@ class SIMoEConfig:
     gate_mode: str = "deterministic"
     """'deterministic' (median gate, the paper's choice), 'stochastic' (sampled in training) or
     'free' (real-valued masks starting at 1, no sparsity: ablation c)."""
+    straight_through: bool = True
+    """Deterministic gates in training pass the clamp's gradient straight through (values
+    unchanged): closed gates still hear the NLL and can reopen. False: the literal clamp, whose
+    closed gates receive no gradient from the data."""
     routing: str = "instance"
     """'instance' (one alpha per prompt), 'token' (per token) or 'task' (per task id)."""
     router_hidden_size: int = 256

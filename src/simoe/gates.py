@@ -26,10 +26,27 @@ LOG_ALPHA_MIN = math.log(0.01)
 LOG_ALPHA_MAX = math.log(100.0)
 
 
-def deterministic_gate(log_alpha: torch.Tensor) -> torch.Tensor:
-    """Median gate z = clamp(sigmoid(log_alpha / beta) (zeta - gamma) + gamma, 0, 1) (eq. 6-7)."""
+class _StraightThroughClamp(torch.autograd.Function):
+    """clamp(s, 0, 1) forward; the identity backward."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return s.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad
+
+
+def deterministic_gate(log_alpha: torch.Tensor, straight_through: bool = False) -> torch.Tensor:
+    """Median gate z = clamp(sigmoid(log_alpha / beta) (zeta - gamma) + gamma, 0, 1) (eq. 6-7).
+
+    ``straight_through``: the same value, but the clamp passes gradients through unchanged, so
+    a closed gate (z = 0) still receives dL/dz times the sigmoid's slope: the data can reopen
+    it, and gates near the threshold are told apart by the NLL rather than moving in lockstep.
+    """
     s = torch.sigmoid(log_alpha.float() / BETA) * (ZETA - GAMMA) + GAMMA
-    return s.clamp(0.0, 1.0)
+    return _StraightThroughClamp.apply(s) if straight_through else s.clamp(0.0, 1.0)
 
 
 def stochastic_gate(log_alpha: torch.Tensor, generator: torch.Generator | None = None
@@ -44,14 +61,16 @@ def stochastic_gate(log_alpha: torch.Tensor, generator: torch.Generator | None =
     return s.clamp(0.0, 1.0)
 
 
-def gate(log_alpha: torch.Tensor, mode: str, training: bool) -> torch.Tensor:
+def gate(log_alpha: torch.Tensor, mode: str, training: bool,
+         straight_through: bool = False) -> torch.Tensor:
     """The gate of a forward pass: sampled only for mode='stochastic' in training; for
-    mode='free' (ablation c: masks are free real values, no sparsity) the logits themselves."""
+    mode='free' (ablation c: masks are free real values, no sparsity) the logits themselves.
+    ``straight_through`` applies to the deterministic gate in training only."""
     if mode == "free":
         return log_alpha.float()
     if mode == "stochastic" and training:
         return stochastic_gate(log_alpha)
-    return deterministic_gate(log_alpha)
+    return deterministic_gate(log_alpha, straight_through and training)
 
 
 def expected_l0(log_alpha: torch.Tensor) -> torch.Tensor:

@@ -81,12 +81,13 @@ class GatedDelta(FP32Module):
     """
 
     def __init__(self, full_size: int, rows: int | None, num_experts: int, init_mean: float,
-                 noise_std: float, mode: str = "deterministic",
+                 noise_std: float, mode: str = "deterministic", straight_through: bool = False,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         self.full_size = full_size
         self.rows = rows
         self.mode = mode
+        self.straight_through = straight_through
         shape = (rows, full_size) if rows is not None else (full_size,)
         self.register_buffer("live_idx", torch.arange(full_size, device=device))
         self.delta = nn.Parameter(torch.zeros(shape, device=device, dtype=torch.float32))
@@ -109,7 +110,7 @@ class GatedDelta(FP32Module):
 
     def gates(self, training: bool = False) -> torch.Tensor:
         """Z: [M, k] in fp32 (sampled only for stochastic gates in training)."""
-        return gate(self.log_alpha, self.mode, training)
+        return gate(self.log_alpha, self.mode, training, self.straight_through)
 
     def mix(self, alpha: torch.Tensor, training: bool = False) -> torch.Tensor:
         """m = alpha @ Z: [..., k] in fp32 for alpha [..., M]."""

@@ -72,7 +72,7 @@ def wrap_targets(model: nn.Module, config: SIMoEConfig,
             f"targets (linear={config.target_linear}, norms={config.target_norms}, "
             f"include={config.include}, exclude={config.exclude})")
     gate_kw = {"num_experts": config.num_experts, "noise_std": config.init_noise_std,
-               "mode": config.gate_mode,
+               "mode": config.gate_mode, "straight_through": config.straight_through,
                "init_mean": 1.0 if config.gate_mode == "free" else init_mean(
                    config.init_drop_prob)}
     layers: list[tuple[str, SIMoELayer]] = []

@@ -61,10 +61,11 @@ def _plot_sparsity(ax: Any, series: Mapping[str, Any], expert_keys: list[str],
     if "sparsity_union" in series:
         ax.plot(series["sparsity_union"]["steps"], series["sparsity_union"]["values"], "--s",
                 color="0.35", linewidth=2.0, markersize=3, label="union (off for all)")
-    if "expected_sparsity" in series:
-        ax.plot(series["expected_sparsity"]["steps"], series["expected_sparsity"]["values"],
+    if "expected_sparsity_union" in series:
+        exp = series["expected_sparsity_union"]
+        ax.plot(exp["steps"], exp["values"],
                 linestyle=(0, (4, 1, 1, 1, 1, 1)), marker="^", markersize=3, color="0.2",
-                linewidth=1.5, label="expected (1 − L0)")
+                linewidth=1.5, label="expected union (1 − L0)")
     if target is not None:
         ax.axhline(target, color="0.1", linestyle="-", linewidth=3.0, alpha=0.35,
                    label=f"target τ = {target:g}")
@@ -105,7 +106,7 @@ def training_curves(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                          key=lambda k: int(k.rsplit("_", 1)[1]))
     m = len([k for k in last if re.fullmatch(r"alpha_mean_\d+", k)]) or len(expert_keys)
     keys = ["loss", "nll", "lambda", "ortho", "sparsity_mean", "sparsity_union",
-            "expected_sparsity", "routing_entropy", *expert_keys]
+            "expected_sparsity_union", "routing_entropy", *expert_keys]
     series = {k: dict(zip(("steps", "values"), _series(rows, k), strict=True)) for k in keys}
     series = {k: v for k, v in series.items() if v["values"]}
 

@@ -31,13 +31,17 @@ class TrainJob:
     ortho: float = 5e-6
     routing: str = "instance"
     gate_mode: str = "deterministic"
-    constraint: str = "mean"
+    constraint: str = "union"
+    sparsity_warmup: float = 0.75
+    sparsity_hold: float = 0.25
+    ortho_form: str = "offdiag"
     targets: str = "all"
     sparsity_constraint: bool = True
     lr: float = 2e-5
-    gate_lr: float = 1e-2
+    gate_lr: float = 0.1
     router_lr: float = 1e-4
-    lambda_lr: float = 0.05
+    lambda_lr: float = 0.02
+    balance: float = 0.1
     lora_r: int = 16
     lora_alpha: int = 32
     lora_lr: float = 2e-4
@@ -64,8 +68,28 @@ class TrainJob:
     extra_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Refuse values no run should accept, before any work (one line each)."""
+        from ..objective import CONSTRAINTS, ORTHO_FORMS
+
         if self.targets not in ("all", "ffn"):
             raise ValueError(f"targets must be 'all' or 'ffn', got {self.targets!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"--sparsity (tau) must lie in [0, 1), got {self.sparsity}")
+        if not (self.ortho >= 0 and math.isfinite(self.ortho)):
+            raise ValueError(f"--ortho (beta) must be a finite number >= 0, got {self.ortho}")
+        if not 0.0 <= self.sparsity_warmup <= 1.0:
+            raise ValueError(f"--sparsity-warmup must lie in [0, 1], got {self.sparsity_warmup}")
+        if not 0.0 <= self.sparsity_hold <= self.sparsity_warmup:
+            raise ValueError(f"--sparsity-hold must lie in [0, --sparsity-warmup], "
+                             f"got {self.sparsity_hold}")
+        if self.constraint not in CONSTRAINTS:
+            raise ValueError(f"--constraint must be one of {', '.join(CONSTRAINTS)}, "
+                             f"got {self.constraint!r}")
+        if self.ortho_form not in ORTHO_FORMS:
+            raise ValueError(f"--ortho-form must be one of {', '.join(ORTHO_FORMS)}, "
+                             f"got {self.ortho_form!r}")
+        if self.experts < 1:
+            raise ValueError(f"--experts must be >= 1, got {self.experts}")
 
 
 @dataclass

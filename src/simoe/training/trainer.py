@@ -14,12 +14,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..constraint import Lagrangian, ramp
 from ..model import WEIGHTS_NAME, SIMoEModel
 from ..objective import (
     CONSTRAINTS,
-    Lagrangian,
+    ORTHO_FORMS,
+    clamp_log_alpha_,
     expected_sparsity,
+    expected_sparsity_per_expert,
+    load_imbalance,
+    measured_constraint,
     measured_sparsity,
+    num_gates,
     orthogonality,
     routing_entropy,
 )
@@ -42,29 +48,54 @@ class SIMoETrainingArguments(TrainingArguments):
     with 0.05 it ended at 0.57 (same 80-step run).
     """
 
-    gate_learning_rate: float = field(default=1e-2, metadata={"help": "Adam lr of the gates"})
+    gate_learning_rate: float = field(default=0.1, metadata={"help": "Adam lr of the gates"})
     router_learning_rate: float = field(default=1e-4, metadata={"help": "Adam lr of the router"})
-    lambda_learning_rate: float = field(default=0.05, metadata={"help": "dual step on lambda"})
-    constraint: str = field(default="mean", metadata={"help": "'mean' or 'union' sparsity"})
+    lambda_learning_rate: float = field(default=0.02, metadata={"help": "dual step on lambda"})
+    constraint: str = field(default="union", metadata={
+        "help": "which sparsity tau bounds: 'union' (gated off for every expert = pruned), "
+                "'mean' over experts, or 'per-expert' (one multiplier per expert)"})
     sparsity_constraint: bool = field(default=True, metadata={"help": "enforce sparsity >= tau"})
+    sparsity_warmup: float = field(default=0.75, metadata={
+        "help": "fraction of the steps by which the target has ramped linearly up to tau"})
+    sparsity_hold: float = field(default=0.25, metadata={
+        "help": "fraction of the steps with no sparsity or orthogonality pressure (the deltas "
+                "learn first); the ramp starts here"})
+    ortho_form: str = field(default="offdiag", metadata={
+        "help": "'offdiag' (overlap between different experts, size-normalised) or 'literal' "
+                "(||ZZ^T - I||_F as printed)"})
+    sparsity_band: float | None = field(default=0.02, metadata={
+        "help": "above tau(t) + band the multiplier turns negative and overshot gates reopen "
+                "(None: one-sided, the paper's reset-at-zero rule only)"})
+    balance_weight: float = field(default=0.1, metadata={
+        "help": "weight of log M - H(mean alpha over the batch): keeps every expert in use "
+                "without making any one prompt's routing less sharp"})
+    routing_weighted_penalty: bool = field(default=True, metadata={
+        "help": "weight each expert's sparsity pressure by its mean routing weight (SMAT)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
+        if self.ortho_form not in ORTHO_FORMS:
+            raise ValueError(f"ortho_form must be one of {ORTHO_FORMS}, got {self.ortho_form!r}")
+        ramp(0, 1, self.sparsity_warmup, self.sparsity_hold)  # validates both fractions
 
 
 class _DualAscent(TrainerCallback):
-    """lambda <- max(0, lambda + eta (tau - measured)) after every optimiser step."""
+    """After every optimiser step: keep the gate logits in [LOG_ALPHA_MIN, LOG_ALPHA_MAX] and
+    take the dual step lambda_i <- max(0, lambda_i + eta (tau(t) - measured_i)) (reset to 0 when
+    the constraint holds), tau(t) the warmed-up target of the next step."""
 
     def __init__(self, trainer: SIMoETrainer) -> None:
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         t = self.trainer
+        if t._simoe().simoe_config.gate_mode != "free":
+            clamp_log_alpha_(t.gated())
         if t.args.sparsity_constraint:
-            measured = measured_sparsity(t.gated())[t.args.constraint]
-            t.lagrangian.update(measured)
+            measured = measured_constraint(t.gated(), t.args.constraint)
+            t.lagrangian.update(measured, t.target(state.global_step))
         return control
 
 
@@ -81,8 +112,11 @@ class SIMoETrainer(Trainer):
             raise ValueError("gate_mode='free' masks are real values without sparsity: train them "
                              "with sparsity_constraint=False (ablation c)")
         super().__init__(model=model, args=args, **kwargs)
-        self.lagrangian = Lagrangian(model.simoe_config.target_sparsity,
-                                     args.lambda_learning_rate)
+        tau, m = model.simoe_config.target_sparsity, model.simoe_config.num_experts
+        band = args.sparsity_band
+        self.lagrangian = Lagrangian.per_expert(tau, args.lambda_learning_rate, m, band) \
+            if args.constraint == "per-expert" \
+            else Lagrangian(tau, args.lambda_learning_rate, band=band)
         self.add_callback(_DualAscent(self))
         self._acc: dict[str, Any] = {}
         self._last_ortho = 0.0
@@ -104,21 +138,57 @@ class SIMoETrainer(Trainer):
         return self.optimizer
 
     # ---------------------------------------------------------------- objective
-    def regularizer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """beta L_ortho + lambda (tau - expected sparsity), with its two parts detached for the
-        log. compute_loss scales it so that it counts once per optimiser step."""
+    def pressure(self, step: int) -> float:
+        """r(t) in [0, 1]: 0 during the hold, then a linear ramp to 1 at the warm-up's end."""
+        return ramp(step, max(self.state.max_steps, 1), self.args.sparsity_warmup,
+                    self.args.sparsity_hold)
+
+    def target(self, step: int) -> float:
+        """tau(t) = tau r(t)."""
+        return self._simoe().simoe_config.target_sparsity * self.pressure(step)
+
+    def regularizer(self, alpha: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """beta N L_ortho + N mean_i w_i lambda_i (tau(t) - E[s_i]), with the orthogonality and
+        the expected union sparsity detached for the log. compute_loss scales it so that it
+        counts once per optimiser step.
+
+        N (gate positions per expert) makes lambda and beta price one average gate, so their
+        scale does not change with the model's size. The primal force acts on every expert's
+        expected L0 E[s_i] whatever the constraint: the union's own surrogate
+        1 - prod_i (1 - P(z_i != 0)) has no usable gradient while the experts overlap (~1e-9 at
+        init), and lowering any expert's density lowers the union's. w_i = M * mean routing
+        weight of expert i in the batch (routing-weighted) or 1: under Adam only the ratio of
+        the forces on a gate matters, and the NLL's force on expert i's gates scales with
+        alpha_i, so weighting the pressure the same way keeps rarely routed experts from being
+        closed first (the rich-get-richer collapse of wave 1). The off-diagonal orthogonality
+        weights the pair (i, j) by w_i w_j for the same reason.
+        """
         model, gated = self._simoe(), self.gated()
-        cfg = model.simoe_config
-        ortho = orthogonality(gated, model.training) if cfg.ortho_weight > 0 \
-            else torch.zeros((), device=gated[0].log_alpha.device)
+        cfg, args = model.simoe_config, self.args
+        device, m = gated[0].log_alpha.device, cfg.num_experts
+        weights = None
+        if args.routing_weighted_penalty and alpha is not None:
+            weights = alpha.detach().reshape(-1, m).float().mean(0).to(device) * m
+        offdiag = args.ortho_form == "offdiag"
+        ortho = orthogonality(gated, model.training, args.ortho_form,
+                              weights if offdiag else None) if cfg.ortho_weight > 0 \
+            else torch.zeros((), device=device)
+        beta = cfg.ortho_weight * self.pressure(self.state.global_step)
+        reg = beta * (float(num_gates(gated)) if offdiag else 1.0) * ortho
+        if args.balance_weight > 0 and alpha is not None:
+            reg = reg + args.balance_weight * load_imbalance(alpha.reshape(-1, m))
         if cfg.gate_mode == "free":  # real-valued masks: no expected L0
-            expected = torch.full((), math.nan, device=ortho.device)
-        else:
-            expected = expected_sparsity(gated, self.args.constraint)
-        reg = cfg.ortho_weight * ortho
-        if self.args.sparsity_constraint:
-            reg = reg + self.lagrangian.penalty(expected)
-        return reg, ortho.detach(), expected.detach()
+            return reg, ortho.detach(), torch.full((), math.nan, device=device)
+        per_expert = expected_sparsity_per_expert(gated)
+        if args.sparsity_constraint and any(v != 0 for v in self.lagrangian.multipliers):
+            weights = torch.ones(m, device=device) if weights is None else weights
+            lam = torch.tensor(self.lagrangian.multipliers, device=device)
+            tau = torch.tensor(self.lagrangian.current_target or 0.0, device=device)
+            reg = reg + float(num_gates(gated)) * (weights * lam * (tau - per_expert)).mean()
+        with torch.no_grad():
+            union = expected_sparsity(gated, "union")
+        return reg, ortho.detach(), union
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """The Trainer's own rule: is the loss already normalised over the accumulated batch?"""
@@ -134,7 +204,7 @@ class SIMoETrainer(Trainer):
                                             num_items_in_batch=num_items_in_batch)
         if not model.training:
             return (nll, outputs) if return_outputs else nll
-        reg, ortho, expected = self.regularizer()
+        reg, ortho, expected = self.regularizer(outputs.alpha)
         # Every micro-batch adds the regulariser; it must count once per optimiser step. When
         # the Trainer does not divide the loss by the accumulation steps, divide it here. Under
         # DDP the regulariser is the same on every rank, so the gradient average keeps it whole.
@@ -163,15 +233,19 @@ class SIMoETrainer(Trainer):
         mean alpha per expert since the last log."""
         a, self._acc = self._acc, {}
         sparsity = measured_sparsity(self.gated())
+        lams = self.lagrangian.multipliers
         out: dict[str, float] = {
-            "lambda": self.lagrangian.value,
+            "lambda": max(lams, key=abs),
+            "target": float(self.target(self.state.global_step)),
             "ortho": self._last_ortho,
             "sparsity_mean": sparsity["mean"],
             "sparsity_union": sparsity["union"],
-            "expected_sparsity": getattr(self, "_last_expected", math.nan),
+            "expected_sparsity_union": getattr(self, "_last_expected", math.nan),
         }
         for i, s in enumerate(sparsity["per_expert"]):
             out[f"sparsity_expert_{i}"] = s
+        if self.lagrangian.is_per_expert:
+            out.update({f"lambda_expert_{i}": v for i, v in enumerate(lams)})
         if a.get("n"):
             out["nll"] = float(a["nll"]) / a["n"]
             out["routing_entropy"] = float(a["entropy"]) / a["alpha_n"]
@@ -195,6 +269,7 @@ class SIMoETrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         tmp = Path(output_dir) / f".{TRAINER_STATE_NAME}.tmp"
         tmp.write_text(json.dumps({"lambda": self.lagrangian.value,
+                                   "lagrangian": self.lagrangian.state_dict(),
                                    "args": self.args.to_dict()}, indent=2, default=str))
         os.replace(tmp, Path(output_dir) / TRAINER_STATE_NAME)
 
@@ -204,7 +279,8 @@ class SIMoETrainer(Trainer):
         self._simoe().load_simoe_state_dict(load_file(ckpt / WEIGHTS_NAME))
         state_file = ckpt / TRAINER_STATE_NAME
         if state_file.is_file():
-            self.lagrangian.value = float(json.loads(state_file.read_text())["lambda"])
+            state = json.loads(state_file.read_text())
+            self.lagrangian.load_state_dict(state.get("lagrangian", state))
 
     def _load_best_model(self) -> None:
         best = self.state.best_model_checkpoint

@@ -70,7 +70,9 @@ class SIMoE(Method):
         args = training_arguments(
             job, prep.output, SIMoETrainingArguments, gate_learning_rate=job.gate_lr,
             router_learning_rate=job.router_lr, lambda_learning_rate=job.lambda_lr,
-            constraint=job.constraint, sparsity_constraint=job.sparsity_constraint)
+            constraint=job.constraint, sparsity_constraint=job.sparsity_constraint,
+            sparsity_warmup=job.sparsity_warmup, sparsity_hold=job.sparsity_hold,
+            ortho_form=job.ortho_form, balance_weight=job.balance)
         return SIMoETrainer(model=model, args=args, train_dataset=self.train_rows(prep, model),
                             data_collator=SIMoECollator(prep.tokenizer),
                             processing_class=prep.tokenizer,
@@ -85,6 +87,9 @@ class SIMoE(Method):
         counts = model.parameter_counts()
         counts["active_per_token"] = counts["base"] + counts["delta"]
         stats.update({"parameter_counts": counts, "config": self.config.to_dict(),
+                      "constraint": job.constraint, "sparsity_warmup": job.sparsity_warmup,
+                      "sparsity_hold": job.sparsity_hold,
+                      "ortho_form": job.ortho_form,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
                                    "sparsity_constraint": job.sparsity_constraint,
                                    "routing": job.routing}})
