@@ -468,3 +468,28 @@ def test_two_sided_lagrangian_reopens_above_the_band_and_rests_inside_it():
         Lagrangian(0.75, band=-0.1)
     with pytest.raises(ValueError, match=">= 0"):
         Lagrangian(0.75, value=-1.0)  # one-sided: no negative multiplier
+
+
+@pytest.mark.parametrize("constraint", ["union", "per-expert"])
+def test_projection_closes_the_least_committed_gates_until_tau_holds(constraint):
+    from simoe.objective import project_to_target
+
+    gated = _random_tensors(seed=3, experts=3)
+    with torch.no_grad():
+        for gd in gated:
+            gd.log_alpha.uniform_(0.0, 3.0)  # everything open
+    scores = [gd.log_alpha.detach().clone() for gd in gated]
+    report = project_to_target(gated, 0.4, constraint)
+    sp = measured_sparsity(gated)
+    rows = [sp["union"]] if constraint == "union" else sp["per_expert"]
+    assert all(r >= 0.4 for r in rows)
+    assert report["before"]["union"] == 0.0 and report["closed_parameters"] > 0
+    if constraint == "union":  # the lowest-ranked columns went first
+        closed, kept = [], []
+        for gd, la in zip(gated, scores, strict=True):
+            shut = (deterministic_gate(gd.log_alpha) == 0).all(0)
+            closed += la.max(0).values[shut].tolist()
+            kept += la.max(0).values[~shut].tolist()
+        assert max(closed) <= min(kept)
+    again = project_to_target(gated, 0.4, constraint)  # already holds: nothing more closes
+    assert again["closed_parameters"] == 0

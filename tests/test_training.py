@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -93,7 +94,11 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     common = dict(SHORT, max_instances_per_task=2, batch_size=4, logging_steps=1, save_steps=4,
                   sparsity=0.5)
     straight = train(TrainJob(output=str(tmp_path / "a"), max_steps=8, **common))
-    train(TrainJob(output=str(tmp_path / "b"), max_steps=4, **common))
+    # The schedule is a fraction of --max-steps, so the interrupted run must have the same
+    # budget: a copy of the finished run cut back to its step-4 checkpoint.
+    shutil.copytree(straight, tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoint-8")
+    (tmp_path / "b" / "final_stats.json").unlink()
     resumed = train(TrainJob(output=str(tmp_path / "b"), max_steps=8, resume=True, **common))
     a, b = _metrics(straight), _metrics(resumed)
     assert [r["step"] for r in b] == list(range(1, 9))

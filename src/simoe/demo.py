@@ -49,7 +49,7 @@ class DemoProfile:
 
 FULL = DemoProfile(instances_per_task=60, pretrain_steps=1500, pretrain_budget_s=150,
                    hidden_size=128, layers=4, intermediate=352, steps=150, batch_size=16,
-                   gate_lr=0.05, lambda_lr=0.2, lr=1e-3, eval_instances=10)
+                   gate_lr=0.1, lambda_lr=0.02, lr=1e-3, eval_instances=10)
 QUICK = DemoProfile(instances_per_task=12, pretrain_steps=60, pretrain_budget_s=15,
                     hidden_size=64, layers=2, intermediate=176, steps=16, batch_size=8,
                     gate_lr=0.3, lambda_lr=0.5, lr=1e-3, eval_instances=2, max_source_len=256,

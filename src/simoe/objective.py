@@ -218,3 +218,54 @@ def routing_entropy(alpha: torch.Tensor) -> torch.Tensor:
     """Mean entropy (nats) of the mixing weights over examples (and tokens)."""
     a = alpha.float().clamp(min=1e-12)
     return -(a * a.log()).sum(dim=-1).mean()
+
+
+@torch.no_grad()
+def project_to_target(gated: Iterable[GatedDelta], tau: float, constraint: str = "union"
+                      ) -> dict[str, object]:
+    """Close the least committed open gates until the constraint holds exactly at the end of
+    training (the dynamics land near tau; this makes ``measured >= tau`` true by construction).
+
+    'union': columns still kept by some expert, ranked by their largest gate logit, are closed
+    for every expert, lowest first, until the union sparsity reaches tau. 'mean'/'per-expert':
+    each expert below tau closes its own lowest-logit open gates. Closing sets the logits to
+    LOG_ALPHA_MIN. Returns the sparsity before and after and how many parameters were closed.
+    """
+    _check_constraint(constraint)
+    gated = list(gated)
+    total = _totals(gated)
+    before = measured_sparsity(gated)
+    m = gated[0].log_alpha.shape[0]
+    rows = [None] if constraint == "union" else list(range(m))
+    closed = 0.0
+    for row in rows:
+        now = before["union"] if row is None else measured_sparsity(gated)["per_expert"][row]
+        need = (tau - now) * total
+        if need <= 0:
+            continue
+        cands = []  # (score, tensor index, column indices, weight per gate)
+        for t, gd in enumerate(gated):
+            z = gd.gates()
+            la = gd.log_alpha
+            keep = (z != 0).any(0) if row is None else z[row] != 0
+            score = la.max(0).values if row is None else la[row]
+            idx = keep.nonzero().flatten()
+            cands.append((score[idx], torch.full_like(idx, t), idx,
+                          torch.full((idx.numel(),), float(gd.params_per_gate))))
+        score = torch.cat([c[0] for c in cands])
+        which = torch.cat([c[1] for c in cands])
+        col = torch.cat([c[2] for c in cands])
+        weight = torch.cat([c[3] for c in cands]).double()
+        order = torch.argsort(score)
+        upto = int(torch.searchsorted(weight[order].cumsum(0), torch.tensor(need).double())) + 1
+        for i in order[:upto].tolist():
+            gd = gated[int(which[i])]
+            if row is None:
+                gd.log_alpha[:, int(col[i])] = LOG_ALPHA_MIN
+            else:
+                gd.log_alpha[row, int(col[i])] = LOG_ALPHA_MIN
+            closed += float(weight[i])
+    after = measured_sparsity(gated)
+    return {"before": {k: before[k] for k in ("union", "mean")},
+            "after": {k: after[k] for k in ("union", "mean")},
+            "closed_parameters": int(closed)}

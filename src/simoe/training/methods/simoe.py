@@ -12,6 +12,7 @@ from ...config import SIMoEConfig
 from ...data import SIMoECollator
 from ...loading import resolve_model_reference
 from ...model import SIMoEModel
+from ...objective import project_to_target
 from ...runtime import atomic_write_json
 from ..job import Prepared, TrainJob, training_arguments
 from ..routing_cache import load_or_compute
@@ -79,9 +80,16 @@ class SIMoE(Method):
                             callbacks=[MetricsLogger(prep.output / METRICS_NAME)])
 
     def save(self, prep: Prepared, model: nn.Module, trainer: Trainer) -> dict[str, Any]:
-        """Final statistics (before pruning), then the pruned model."""
+        """Close the least committed gates if the union (or each expert) ended below tau, then
+        the final statistics (before pruning) and the pruned model. ``projection`` in
+        final_stats.json says where the dynamics alone ended and what the closing moved."""
         job = prep.job
+        projection = None
+        if job.sparsity_constraint:  # the constraint holds exactly at the end (see the note)
+            gated = [gd for _, gd in model.gated_deltas()]
+            projection = project_to_target(gated, self.config.target_sparsity, job.constraint)
         stats = final_stats(model, trainer.lagrangian.value)
+        stats["projection"] = projection
         model.prune()
         model.save_pretrained(prep.output)
         counts = model.parameter_counts()
