@@ -361,6 +361,14 @@ def test_pretrain_cache_and_load(tmp_path: Path) -> None:
     assert isinstance(tok.decode(gen[0], skip_special_tokens=True), str)
 
 
+def test_pretrain_cut_short_by_a_budget_is_not_reused_as_the_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "base"
+    pretrain_base(out, progress=False, **{**TINY, "time_budget_s": 1e-9})
+    assert read_stats(out)["stopped_by"] == "time_budget" and read_stats(out)["steps"] < 20
+    pretrain_base(out, progress=False, **TINY)  # no budget: the recipe's 20 steps, retrained
+    assert read_stats(out)["stopped_by"] == "max_steps" and read_stats(out)["steps"] == 20
+
+
 def test_pretrain_refuses_foreign_dir(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("keep")
     with pytest.raises(FileExistsError):

@@ -71,6 +71,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=d.lr, help="Adam lr of the shared deltas")
     t.add_argument("--gate-lr", type=float, default=d.gate_lr, help="Adam lr of the gates")
+    t.add_argument("--gate-second-moment", choices=["row", "element"],
+                   default=d.gate_second_moment,
+                   help="gates' Adam second moment: shared per expert row (gates move in "
+                        "proportion to their force) or per element (plain Adam)")
     t.add_argument("--router-lr", type=float, default=d.router_lr, help="Adam lr of the router")
     t.add_argument("--lambda-lr", type=float, default=d.lambda_lr, help="dual ascent step")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="per-device batch")

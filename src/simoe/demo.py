@@ -33,7 +33,6 @@ class DemoProfile:
 
     instances_per_task: int
     pretrain_steps: int
-    pretrain_budget_s: float
     hidden_size: int
     layers: int
     intermediate: int
@@ -47,10 +46,10 @@ class DemoProfile:
     max_target_len: int = 32
 
 
-FULL = DemoProfile(instances_per_task=60, pretrain_steps=1500, pretrain_budget_s=150,
+FULL = DemoProfile(instances_per_task=60, pretrain_steps=1500,
                    hidden_size=128, layers=4, intermediate=352, steps=150, batch_size=16,
                    gate_lr=0.1, lambda_lr=0.02, lr=1e-3, eval_instances=10)
-QUICK = DemoProfile(instances_per_task=12, pretrain_steps=60, pretrain_budget_s=15,
+QUICK = DemoProfile(instances_per_task=12, pretrain_steps=60,
                     hidden_size=64, layers=2, intermediate=176, steps=16, batch_size=8,
                     gate_lr=0.3, lambda_lr=0.5, lr=1e-3, eval_instances=2, max_source_len=256,
                     max_target_len=16)
@@ -77,7 +76,6 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
     t0 = time.time()
     base = pretrain_base(out / ("base-quick" if quick else "base"), seed=seed,
                          max_steps=profile.pretrain_steps,
-                         time_budget_s=profile.pretrain_budget_s,
                          hidden_size=profile.hidden_size, layers=profile.layers,
                          intermediate=profile.intermediate)
     tick("pre-training (cached on reruns)", t0)

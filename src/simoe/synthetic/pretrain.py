@@ -178,7 +178,7 @@ def pretrain_base(
     output: str | Path,
     seed: int = 0,
     max_steps: int = 2000,
-    time_budget_s: float | None = 240,
+    time_budget_s: float | None = None,
     hidden_size: int = 128,
     layers: int = 4,
     heads: int = 4,
@@ -196,10 +196,12 @@ def pretrain_base(
     Trains :func:`train_tokenizer` on generic text plus instruction texts, then a Llama
     (``tie_word_embeddings``, 512 positions) from scratch on packed :func:`generic_text` with
     AdamW, linear warmup and cosine decay, until ``max_steps`` or until ``time_budget_s``
-    seconds after the call started (the schedule is shortened to the steps that fit). Writes
+    seconds after the call started (the schedule is shortened to the steps that fit; the
+    default None makes the result depend on the recipe only, not the machine). Writes
     model, tokenizer and ``pretrain_stats.json`` to a temporary sibling directory, then renames
     it to ``output``. If ``output`` already holds a model with the same key (all arguments
-    except ``time_budget_s``, ``num_threads`` and ``progress``), returns at once.
+    except ``time_budget_s``, ``num_threads`` and ``progress``) that ran all ``max_steps``,
+    returns at once; a base cut short by a time budget is reused only by a budgeted call.
     ``num_threads`` sets ``torch.set_num_threads`` for the call.
     """
     start = time.perf_counter()
@@ -210,7 +212,8 @@ def pretrain_base(
         vocab_size=vocab_size,
     )  # fmt: skip
     key = pretrain_key(**args)
-    if _is_complete(output, key):
+    if _is_complete(output, key) and (time_budget_s is not None
+                                      or read_stats(output).get("stopped_by") == "max_steps"):
         logger.info("pretrain_base: reusing %s (key %s)", output, key)
         return output
     _prepare_output(output)

@@ -39,6 +39,7 @@ class TrainJob:
     sparsity_constraint: bool = True
     lr: float = 2e-5
     gate_lr: float = 0.1
+    gate_second_moment: str = "row"
     router_lr: float = 1e-4
     lambda_lr: float = 0.02
     balance: float = 0.1
@@ -88,6 +89,9 @@ class TrainJob:
         if self.ortho_form not in ORTHO_FORMS:
             raise ValueError(f"--ortho-form must be one of {', '.join(ORTHO_FORMS)}, "
                              f"got {self.ortho_form!r}")
+        if self.gate_second_moment not in ("element", "row"):
+            raise ValueError(f"--gate-second-moment must be 'row' or 'element', "
+                             f"got {self.gate_second_moment!r}")
         if self.experts < 1:
             raise ValueError(f"--experts must be >= 1, got {self.experts}")
 

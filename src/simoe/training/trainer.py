@@ -29,6 +29,7 @@ from ..objective import (
     orthogonality,
     routing_entropy,
 )
+from .optimizer import SECOND_MOMENTS, SIMoEAdamW
 
 TRAINER_STATE_NAME = "simoe_trainer_state.json"
 
@@ -49,6 +50,10 @@ class SIMoETrainingArguments(TrainingArguments):
     """
 
     gate_learning_rate: float = field(default=0.1, metadata={"help": "Adam lr of the gates"})
+    gate_second_moment: str = field(default="row", metadata={
+        "help": "'row': the gates' Adam second moment is shared by each expert's row in a "
+                "layer, so a gate moves in proportion to its net force; 'element': plain Adam "
+                "(every pushed gate moves ~lr per step: gates close in lockstep)"})
     router_learning_rate: float = field(default=1e-4, metadata={"help": "Adam lr of the router"})
     lambda_learning_rate: float = field(default=0.02, metadata={"help": "dual step on lambda"})
     constraint: str = field(default="union", metadata={
@@ -78,6 +83,9 @@ class SIMoETrainingArguments(TrainingArguments):
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {self.constraint!r}")
         if self.ortho_form not in ORTHO_FORMS:
             raise ValueError(f"ortho_form must be one of {ORTHO_FORMS}, got {self.ortho_form!r}")
+        if self.gate_second_moment not in SECOND_MOMENTS:
+            raise ValueError(f"gate_second_moment must be one of {SECOND_MOMENTS}, "
+                             f"got {self.gate_second_moment!r}")
         ramp(0, 1, self.sparsity_warmup, self.sparsity_hold)  # validates both fractions
 
 
@@ -133,8 +141,10 @@ class SIMoETrainer(Trainer):
             a = self.args
             groups = self._simoe().parameter_groups(a.learning_rate, a.gate_learning_rate,
                                                     a.router_learning_rate, a.weight_decay)
-            self.optimizer = torch.optim.AdamW(groups, betas=(a.adam_beta1, a.adam_beta2),
-                                               eps=a.adam_epsilon)
+            for g in groups:
+                g["second_moment"] = a.gate_second_moment if g["name"] == "gates" else "element"
+            self.optimizer = SIMoEAdamW(groups, betas=(a.adam_beta1, a.adam_beta2),
+                                        eps=a.adam_epsilon)
         return self.optimizer
 
     # ---------------------------------------------------------------- objective

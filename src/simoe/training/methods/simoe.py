@@ -73,7 +73,8 @@ class SIMoE(Method):
             router_learning_rate=job.router_lr, lambda_learning_rate=job.lambda_lr,
             constraint=job.constraint, sparsity_constraint=job.sparsity_constraint,
             sparsity_warmup=job.sparsity_warmup, sparsity_hold=job.sparsity_hold,
-            ortho_form=job.ortho_form, balance_weight=job.balance)
+            ortho_form=job.ortho_form, balance_weight=job.balance,
+            gate_second_moment=job.gate_second_moment)
         return SIMoETrainer(model=model, args=args, train_dataset=self.train_rows(prep, model),
                             data_collator=SIMoECollator(prep.tokenizer),
                             processing_class=prep.tokenizer,
@@ -98,6 +99,7 @@ class SIMoE(Method):
                       "constraint": job.constraint, "sparsity_warmup": job.sparsity_warmup,
                       "sparsity_hold": job.sparsity_hold,
                       "ortho_form": job.ortho_form,
+                      "gate_second_moment": job.gate_second_moment,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
                                    "sparsity_constraint": job.sparsity_constraint,
                                    "routing": job.routing}})
