@@ -55,7 +55,7 @@ def main() -> None:
     for name in args.rows.split(","):
         slug = name.replace(" ", "_").replace("(", "").replace(")", "")
         start = time.time()
-        run = train(TrainJob(output=str(out / slug), **common, **ROWS[name]))
+        run = train(TrainJob(output=str(out / slug), resume="auto", **common, **ROWS[name]))
         ev = out / f"{slug}-eval"
         evaluate(EvalJob(model=str(run), data=args.data, output=str(ev),
                          max_instances=args.eval_instances, max_source_len=args.max_source_len,

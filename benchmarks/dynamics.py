@@ -46,12 +46,11 @@ def ensure_run(args: argparse.Namespace, tau: float, beta: float, seed: int) -> 
     out = Path(args.output) / run_name(tau, beta, seed)
     if (out / "final_stats.json").is_file():
         return out
-    resume = out.is_dir() and any(out.glob("checkpoint-*"))
     job = TrainJob(model=args.model, data=args.data, output=str(out), sparsity=tau, ortho=beta,
                    seed=seed, max_steps=args.steps, batch_size=args.batch_size,
                    max_source_len=args.max_source_len, max_target_len=args.max_target_len,
                    max_instances_per_task=args.instances, logging_steps=args.logging_steps,
-                   save_steps=max(args.steps // 4, 10), resume=resume, **args.job_kw)
+                   save_steps=max(args.steps // 4, 10), resume="auto", **args.job_kw)
     start = time.time()
     train(job)
     print(f"trained {out.name} in {time.time() - start:.0f} s", flush=True)

@@ -1,21 +1,44 @@
-"""The `simoe` command line: one entry point, one subcommand per job."""
+"""The `simoe` command line: one entry point, one subcommand per job.
+
+Exit codes: 0 done; 2 a user error (bad option, data, model path, output directory), reported
+as one line on stderr; 1 an internal error (one line; the traceback with ``--debug`` or
+``SIMOE_DEBUG=1``); 130 interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from .data import DataError
 
 _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+# Errors a user can fix (ModelLoadError is a ValueError; FileNotFoundError, PermissionError,
+# FileExistsError and the Hub's "not a valid model identifier" are OSErrors).
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, ValueError, OSError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_debug(p: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="print the traceback of an error (also: SIMOE_DEBUG=1)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="upcycle a model into SIMoE by instruction tuning",
                        formatter_class=_FORMATTER,
-                       description="Train SIMoE; defaults follow the paper's Table 6 (SNI).")
+                       description="Train SIMoE; defaults follow the paper's Table 6 (SNI). "
+                                   "A non-empty --output needs --resume or --overwrite.")
     _train_flags(p)
     p.set_defaults(func=_run_train)
 
@@ -75,6 +98,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    default=d.gate_second_moment,
                    help="gates' Adam second moment: shared per expert row (gates move in "
                         "proportion to their force) or per element (plain Adam)")
+    t.add_argument("--no-live-compaction", dest="live_compaction", action="store_false",
+                   help="keep every column until the end instead of removing the ones all "
+                        "experts closed long ago during training")
     t.add_argument("--router-lr", type=float, default=d.router_lr, help="Adam lr of the router")
     t.add_argument("--lambda-lr", type=float, default=d.lambda_lr, help="dual ascent step")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="per-device batch")
@@ -98,17 +124,29 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--save-steps", type=int, default=d.save_steps,
                    help="checkpoint every N steps")
     t.add_argument("--resume", nargs="?", const=True, default=False,
-                   help="resume from the last checkpoint in --output (or the one given)")
+                   help="resume from the newest complete checkpoint in --output (or the one "
+                        "given), with the hyper-parameters recorded in its job.json")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run in a non-empty --output (refused otherwise)")
     t.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed records (and report how many) instead of failing")
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .training import TrainJob, train
+    from .training import FINAL_STATS_NAME, TrainJob, train
+    from .training.methods import unused_settings
 
     fields = TrainJob.__dataclass_fields__
     job = TrainJob(**{k: v for k, v in vars(args).items() if k in fields})
+    unused = unused_settings(job)
+    if unused:
+        raise ValueError(f"--method {job.method} does not use {', '.join(unused)}; drop "
+                         f"{'it' if len(unused) == 1 else 'them'} or choose the method that "
+                         "uses them")
+    finished = bool(job.resume) and (Path(job.output) / FINAL_STATS_NAME).is_file()
     out = train(job)
+    if finished:  # train() said so in one log line; nothing was trained
+        return 0
     print(f"run directory: {out}")
     return 0
 
@@ -132,6 +170,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="greedy decoding stops at EOS or after this many tokens")
     p.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
+    p.add_argument("--base-model", default=None,
+                   help="SIMoE run: load this base model instead of the path the run recorded "
+                        "(when the base has moved; its files must match the recorded "
+                        "fingerprint)")
     p.set_defaults(func=_run_eval)
 
 
@@ -156,15 +198,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .evaluation.run import comparison_report
+    from .runtime import check_output_file
 
     names = args.names.split(",") if args.names else None
     if names and len(names) != len(args.eval_dirs):
         raise ValueError(f"--names has {len(names)} names for {len(args.eval_dirs)} directories")
+    out = check_output_file(args.output)
     text = comparison_report(args.eval_dirs, names)
-    out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)
@@ -208,8 +249,10 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 def _run_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
+    from .runtime import check_output_dir
 
     names = args.names.split(",") if args.names else None
+    check_output_dir(args.output)
     summary = analyze(args.runs, args.eval_dirs, args.output, names=names)
     for item in summary.get("skipped", []):
         print(f"skipped: {item}")
@@ -254,8 +297,11 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simoe", formatter_class=_FORMATTER,
-                                     description="Sparse Interpolated Mixture-of-Experts")
+    parser = _Parser(prog="simoe", formatter_class=_FORMATTER,
+                     description="Sparse Interpolated Mixture-of-Experts",
+                     epilog="exit codes: 0 done, 2 user error (one line on stderr), "
+                            "1 internal error, 130 interrupted")
+    _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
@@ -264,18 +310,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_demo(sub)
     _add_data(sub)
+    for p in list(sub.choices.values()):
+        _add_debug(p)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `simoe` command; returns the exit code."""
+    """Entry point of the `simoe` command; returns the exit code (see the module doc)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    debug = bool(args.debug) or os.environ.get("SIMOE_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as err:
-        print(f"simoe {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"simoe {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if debug:
+            traceback.print_exc()
+        print(f"simoe {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence of the command
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (rerun with --debug or SIMOE_DEBUG=1 for the traceback)"
+        print(f"simoe {args.command}: internal error: {type(err).__name__}: {_one_line(err)}"
+              f"{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def run_demo(output: str | Path = "runs/demo", quick: bool = False, seed: int = 
                   max_target_len=profile.max_target_len, seed=seed, lr=profile.lr,
                   lora_lr=profile.lr, gate_lr=profile.gate_lr, lambda_lr=profile.lambda_lr,
                   logging_steps=max(1, profile.steps // 10),
-                  save_steps=10**6, epochs=1.0)
+                  save_steps=10**6, epochs=1.0, overwrite=True)  # a rerun redoes the demo
     runs: dict[str, Path] = {}
     for method in METHODS:
         t0 = time.time()

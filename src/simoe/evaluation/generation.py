@@ -12,10 +12,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..config import CONFIG_NAME
+from ..config import CONFIG_NAME, SIMoEConfig
 from ..data import EncodedExample, SIMoECollator
-from ..loading import load_base_model, load_tokenizer
+from ..loading import (
+    ModelLoadError,
+    fingerprint,
+    fingerprints_match,
+    load_base_model,
+    load_tokenizer,
+)
 from ..model import SIMoEModel
+
+# Files of a run directory (or, for a checkpoint-N, of its run) that record the base model.
+_RECORDS = ("final_stats.json", "job.json")
 
 
 @dataclass
@@ -28,20 +37,65 @@ class LoadedModel:
     task_ids: dict[str, int] | None = None
 
 
+def recorded_base_fingerprint(run: Path) -> dict[str, Any] | None:
+    """The fingerprint of the base model a run was trained on, if the run records one."""
+    for directory in (run, run.parent):
+        for name in _RECORDS:
+            file = directory / name
+            if file.is_file():
+                try:
+                    found = json.loads(file.read_text()).get("base_fingerprint")
+                except (ValueError, AttributeError):
+                    continue
+                if found:
+                    return found
+    return None
+
+
+def _load_simoe_base(run: Path, base_model: str | None, dtype: torch.dtype
+                     ) -> tuple[torch.nn.Module, str]:
+    """The base model of a SIMoE run: ``base_model`` or the one it records, checked against
+    the fingerprint the run recorded."""
+    config = SIMoEConfig.load(run)
+    ref = base_model or config.base_model_name_or_path
+    if not ref:
+        raise ValueError(f"{run}: the checkpoint names no base model; pass --base-model")
+    hint = "" if base_model else \
+        f" (the base model recorded by {run}; if it moved, pass --base-model)"
+    recorded = recorded_base_fingerprint(run)
+    try:
+        current = fingerprint(ref) if recorded else None
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{err}{hint}") from None
+    if recorded and current and not fingerprints_match(recorded, current):
+        where = recorded.get("path") or recorded.get("name")
+        raise ModelLoadError(f"base model {ref} is not the one {run} was trained on ({where}: "
+                             "its files differ); pass the original base with --base-model")
+    try:
+        return load_base_model(ref, dtype=dtype), ref
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{err}{hint}") from None
+
+
 def load_for_eval(source: str, dtype: torch.dtype = torch.float32,
-                  device: str | torch.device | None = None) -> LoadedModel:
-    """A SIMoE run directory (simoe_config.json) or a transformers model (path or hub id)."""
+                  device: str | torch.device | None = None,
+                  base_model: str | None = None) -> LoadedModel:
+    """A SIMoE run directory (simoe_config.json) or a transformers model (path or hub id).
+    ``base_model`` points a SIMoE run at its base model when that has moved."""
     path = Path(source)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
-        model = SIMoEModel.from_pretrained(path, dtype=dtype)
-        tok_src = path if (path / "tokenizer_config.json").is_file() \
-            else model.simoe_config.base_model_name_or_path
+        base, base_ref = _load_simoe_base(path, base_model, dtype)
+        model = SIMoEModel.from_pretrained(path, base_model=base)
+        tok_src = path if (path / "tokenizer_config.json").is_file() else base_ref
         task_file = path / "task_ids.json"
         task_ids = json.loads(task_file.read_text()) if task_file.is_file() else None
         kind = "simoe"
     elif path.is_dir() and not (path / "config.json").is_file():
         raise ValueError(f"{source} is neither a SIMoE run directory (no {CONFIG_NAME}) nor a "
                          "transformers model directory (no config.json)")
+    elif base_model:
+        raise ValueError(f"--base-model applies to SIMoE run directories; {source} is not one "
+                         f"(no {CONFIG_NAME})")
     else:
         model = load_base_model(source, dtype=dtype)
         tok_src, task_ids, kind = source, None, "transformers"

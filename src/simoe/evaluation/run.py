@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import CONFIG_NAME
 from ..data import DataError, encode_prompts, load_examples
-from ..runtime import atomic_write_text, fit_source_length
+from ..loading import resolve_model_reference
+from ..runtime import atomic_write_text, check_output_dir, fit_source_length
 from .generation import generate, load_for_eval
 from .metrics import aggregate, exact_match, rouge_l
 
@@ -43,16 +46,40 @@ class EvalJob:
     max_new_tokens: int = 128
     num_pos_examples: int = 2
     device: str | None = None
+    base_model: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values no evaluation should accept, before any work (one line each)."""
+        for name, minimum in (("max_instances", 1), ("batch_size", 1), ("max_source_len", 1),
+                              ("max_new_tokens", 1), ("num_pos_examples", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+        if not self.split:
+            raise ValueError("--split must name a split, got ''")
+
+
+def _check_model_reference(model: str) -> None:
+    """Fail at once on a model path that does not exist (no data loading, no Hub retries)."""
+    path = Path(model).expanduser()
+    if not (path.is_dir() and (path / CONFIG_NAME).is_file()):
+        resolve_model_reference(model)
 
 
 def evaluate(job: EvalJob) -> dict[str, Any]:
-    """Generate for every instance of the split, score it, write the three files."""
+    """Generate for every instance of the split, score it, write the three files. The output
+    directory is checked writable before anything is loaded; it is created only at the end."""
     start = time.time()
+    out_dir = check_output_dir(job.output)
+    _check_model_reference(job.model)
+    if job.base_model:
+        resolve_model_reference(job.base_model)
     examples = load_examples(job.data, job.split, num_pos_examples=job.num_pos_examples,
                              max_instances_per_task=job.max_instances)
     if not examples:
         raise DataError(f"{job.data}: split {job.split!r} has no instances to evaluate")
-    loaded = load_for_eval(job.model, device=job.device)
+    loaded = load_for_eval(job.model, device=job.device, base_model=job.base_model)
     max_source = fit_source_length(loaded.model, job.max_source_len, job.max_new_tokens)
     routing = getattr(getattr(loaded.model, "simoe_config", None), "routing", None)
     if routing == "task":
@@ -82,7 +109,6 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
     metrics["max_new_tokens"] = job.max_new_tokens
     metrics["wall_time_s"] = time.time() - start
 
-    out_dir = Path(job.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / PREDICTIONS_NAME, "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_text(out_dir / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
@@ -120,19 +146,40 @@ def _run_stats(model: str | None) -> dict[str, Any] | None:
     if not model:
         return None
     stats = Path(model) / "final_stats.json"
-    return json.loads(stats.read_text()) if stats.is_file() else None
+    try:
+        return json.loads(stats.read_text()) if stats.is_file() else None
+    except ValueError:
+        return None
+
+
+def read_metrics(eval_dir: str | os.PathLike) -> dict[str, Any]:
+    """The metrics.json of an evaluation directory, checked to hold what a report reads."""
+    path = Path(eval_dir) / METRICS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{eval_dir}: no {METRICS_NAME}; run `simoe eval` first")
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: expected a JSON object as `simoe eval` writes it")
+    for key in ("per_category", "overall"):
+        if not isinstance(metrics.get(key), dict):
+            raise ValueError(f"{path}: lacks '{key}'; is it a `simoe eval` metrics file?")
+    rouge = metrics["overall"].get("rougeL")
+    if not isinstance(rouge, (int, float)) or not math.isfinite(rouge):
+        raise ValueError(f"{path}: lacks a number at overall.rougeL")
+    for cat, v in metrics["per_category"].items():
+        if not isinstance(v, dict) or not isinstance(v.get("rougeL"), (int, float)):
+            raise ValueError(f"{path}: per_category[{cat!r}] lacks a number at 'rougeL'")
+    return metrics
 
 
 def comparison_report(eval_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None
                       ) -> str:
     """One table in the layout of the paper's Table 1: rows = runs, columns = the categories
     present + Avg., plus stored parameters from each run's final_stats.json (Table 3 style)."""
-    evals = []
-    for d in eval_dirs:
-        path = Path(d) / METRICS_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{d}: no {METRICS_NAME}; run `simoe eval` first")
-        evals.append(json.loads(path.read_text()))
+    evals = [read_metrics(d) for d in eval_dirs]
     categories = sorted({c for m in evals for c in m["per_category"]})
     header = ["run", *categories, "Avg.", "params (stored)"]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]

@@ -1,10 +1,13 @@
 """Training: a job, the methods that can run it, the SIMoE trainer, and the run directory.
 
     job.py          TrainJob, prepare (data, tokenizer, base), the shared schedule
+    validation.py   allowed range of every option; what a resumed run may change (job.json)
+    rundir.py       claiming the run directory, complete checkpoints, metrics.jsonl
     methods/        one module per method (simoe, full, lora, upcycle, btx), registered by name
     trainer.py      SIMoETrainer: the SIMoE objective, lambda, vital signs, SIMoE checkpoints
-    routing_cache.py, stats.py, rundir.py
-    run.py          train(job): job -> prepare -> method.build -> trainer -> method.save
+    routing_cache.py, stats.py
+    run.py          train(job): job -> claim run dir -> prepare -> method.build -> trainer
+                    -> method.save
 """
 
 from .job import TrainJob

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from ..data import build_task_ids, encode_examples, load_examples
+from ..data import DataError, build_task_ids, encode_examples, load_examples
 from ..loading import load_base_model, load_tokenizer
 from ..runtime import fit_source_length, reset_peak_memory
-from .rundir import resume_checkpoint, trim_metrics
+from .validation import validate_job
 
 
 @dataclass
@@ -40,6 +40,7 @@ class TrainJob:
     lr: float = 2e-5
     gate_lr: float = 0.1
     gate_second_moment: str = "row"
+    live_compaction: bool = True
     router_lr: float = 1e-4
     lambda_lr: float = 0.02
     balance: float = 0.1
@@ -61,6 +62,7 @@ class TrainJob:
     bf16: bool = False
     gradient_checkpointing: bool = False
     resume: str | bool = False
+    overwrite: bool = False
     logging_steps: int = 10
     save_steps: int = 500
     routing_cache: bool = True
@@ -70,30 +72,7 @@ class TrainJob:
 
     def __post_init__(self) -> None:
         """Refuse values no run should accept, before any work (one line each)."""
-        from ..objective import CONSTRAINTS, ORTHO_FORMS
-
-        if self.targets not in ("all", "ffn"):
-            raise ValueError(f"targets must be 'all' or 'ffn', got {self.targets!r}")
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"--sparsity (tau) must lie in [0, 1), got {self.sparsity}")
-        if not (self.ortho >= 0 and math.isfinite(self.ortho)):
-            raise ValueError(f"--ortho (beta) must be a finite number >= 0, got {self.ortho}")
-        if not 0.0 <= self.sparsity_warmup <= 1.0:
-            raise ValueError(f"--sparsity-warmup must lie in [0, 1], got {self.sparsity_warmup}")
-        if not 0.0 <= self.sparsity_hold <= self.sparsity_warmup:
-            raise ValueError(f"--sparsity-hold must lie in [0, --sparsity-warmup], "
-                             f"got {self.sparsity_hold}")
-        if self.constraint not in CONSTRAINTS:
-            raise ValueError(f"--constraint must be one of {', '.join(CONSTRAINTS)}, "
-                             f"got {self.constraint!r}")
-        if self.ortho_form not in ORTHO_FORMS:
-            raise ValueError(f"--ortho-form must be one of {', '.join(ORTHO_FORMS)}, "
-                             f"got {self.ortho_form!r}")
-        if self.gate_second_moment not in ("element", "row"):
-            raise ValueError(f"--gate-second-moment must be 'row' or 'element', "
-                             f"got {self.gate_second_moment!r}")
-        if self.experts < 1:
-            raise ValueError(f"--experts must be >= 1, got {self.experts}")
+        validate_job(self)
 
 
 @dataclass
@@ -111,14 +90,16 @@ class Prepared:
     max_target: int
     start: float
     task_ids: dict[str, int] | None = None
+    base_fingerprint: dict[str, Any] | None = None
 
 
-def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
-    """Seed, tokenizer (pad = EOS if missing), data, base model, lengths within its limit."""
+def prepare(job: TrainJob, task_routing: bool = False, checkpoint: str | None = None
+            ) -> Prepared:
+    """Seed, tokenizer (pad = EOS if missing), data, base model, lengths within its limit.
+    ``checkpoint``: what the run resumes from (see :func:`~simoe.training.rundir.claim`)."""
     start = time.time()
     reset_peak_memory()
-    output = Path(job.output)
-    checkpoint = resume_checkpoint(output, job.resume)
+    output = Path(job.output).expanduser()
     set_seed(job.seed)
     tokenizer = load_tokenizer(job.model)
     if tokenizer.pad_token is None:
@@ -128,6 +109,9 @@ def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
                              max_instances_per_task=job.max_instances_per_task)
     if not examples:
         raise ValueError(f"{job.data}: no training examples in split {job.split!r}")
+    if all(not ex.completion.strip() for ex in examples):
+        raise DataError(f"{job.data}: every completion in split {job.split!r} is empty; "
+                        "training would only teach the model to stop at once")
     dtype = torch.bfloat16 if job.bf16 else torch.float32
     base = load_base_model(job.model, dtype=dtype)
     max_target = job.max_target_len
@@ -135,7 +119,6 @@ def prepare(job: TrainJob, task_routing: bool = False) -> Prepared:
     task_ids = build_task_ids(examples) if task_routing else None
     encoded = encode_examples(examples, tokenizer, max_source, max_target, task_ids=task_ids)
     output.mkdir(parents=True, exist_ok=True)
-    trim_metrics(output, checkpoint)
     return Prepared(job, output, checkpoint, tokenizer, examples, encoded, base, max_source,
                     max_target, start, task_ids)
 

@@ -58,7 +58,7 @@ class SIMoEAdamW(torch.optim.Optimizer):
             if group["second_moment"] not in SECOND_MOMENTS:
                 raise ValueError(f"unknown second_moment {group['second_moment']!r}")
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or p.numel() == 0:
                     continue
                 g = p.grad.float()
                 state = self.state[p]

@@ -1,33 +1,64 @@
 """`train(job)`: one run of any method, from a job to a finished run directory.
 
-    CLI -> TrainJob -> prepare (data, tokenizer, base) -> method.build -> method.trainer
-        -> Trainer.train -> method.save -> final_stats.json
+    CLI -> TrainJob (validated) -> claim the run directory -> prepare (data, tokenizer, base)
+        -> job.json -> method.build -> method.trainer -> Trainer.train -> method.save
+        -> final_stats.json
 
 A finished run directory holds what the method saved (SIMoE: simoe_config.json +
 simoe_model.safetensors, pruned; baselines: a plain transformers model), the tokenizer,
-final_stats.json, metrics.jsonl and checkpoint-N/ directories.
+job.json, final_stats.json, metrics.jsonl and checkpoint-N/ directories.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from ..loading import resolve_model_reference
-from ..runtime import atomic_write_json, peak_memory_mb
+from ..runtime import atomic_write_json, check_output_dir, peak_memory_mb
 from .job import Prepared, TrainJob, prepare
-from .methods import get_method
-from .rundir import FINAL_STATS_NAME
+from .methods import get_method, unused_settings
+from .rundir import FINAL_STATS_NAME, auto_resume, claim, write_job
+from .validation import job_record
+
+logger = logging.getLogger(__name__)
 
 
 def train(job: TrainJob) -> Path:
-    """Run ``job`` with the method it names; returns the finished run directory."""
+    """Run ``job`` with the method it names; returns the finished run directory.
+
+    Before any work: the output must be writable and empty unless the job resumes it (same
+    hyper-parameters, newest complete checkpoint; a finished run is left unchanged) or
+    overwrites it. ``resume="auto"``: reuse a finished run, resume a partial one, else start.
+    A run that fails before training starts removes what it created."""
+    if job.resume == "auto":
+        job = dataclasses.replace(job, resume=auto_resume(Path(job.output)))
     method = get_method(job.method)
     method.check(job)
-    prep = prepare(job, task_routing=method.needs_task_ids(job))
-    model = method.build(prep)
-    trainer = method.trainer(prep, model)
+    unused = unused_settings(job)
+    if unused:
+        logger.warning("--method %s does not use %s: ignored", job.method, ", ".join(unused))
+    check_output_dir(job.output)
+    record = job_record(job)
+    run = claim(job, record)
+    if run.finished:
+        logger.info("%s is a finished run (%s): nothing to resume, weights unchanged",
+                    run.path, FINAL_STATS_NAME)
+        return run.path
+    try:
+        prep = prepare(job, task_routing=method.needs_task_ids(job), checkpoint=run.checkpoint)
+        prep.base_fingerprint = record["base_fingerprint"]
+        if job.overwrite and run.existed:
+            run.clear()
+        write_job(prep.output, record)
+        model = method.build(prep)
+        trainer = method.trainer(prep, model)
+    except BaseException:
+        run.clean_up()
+        raise
     result = trainer.train(resume_from_checkpoint=prep.checkpoint)
     stats = method.save(prep, model, trainer)
     return finish(prep, method.name, trainer.state.global_step, result.training_loss, stats)
@@ -47,6 +78,7 @@ def finish(prep: Prepared, method: str, steps: int, train_loss: float,
         "max_source_len": prep.max_source,
         "max_target_len": prep.max_target,
         "base_model": resolve_model_reference(prep.job.model),
+        "base_fingerprint": prep.base_fingerprint,
     })
     prep.tokenizer.save_pretrained(prep.output)
     atomic_write_json(prep.output / FINAL_STATS_NAME, stats)

@@ -29,6 +29,8 @@ from ..objective import (
     orthogonality,
     routing_entropy,
 )
+from ..persistence import live_fraction
+from .compaction import DEFAULT_MARGIN, compact
 from .optimizer import SECOND_MOMENTS, SIMoEAdamW
 
 TRAINER_STATE_NAME = "simoe_trainer_state.json"
@@ -74,6 +76,11 @@ class SIMoETrainingArguments(TrainingArguments):
     balance_weight: float = field(default=0.1, metadata={
         "help": "weight of log M - H(mean alpha over the batch): keeps every expert in use "
                 "without making any one prompt's routing less sharp"})
+    live_compaction: bool = field(default=True, metadata={
+        "help": "remove columns every expert has closed (logit <= threshold - compact_margin) "
+                "from the deltas, gates and optimiser state during training"})
+    compact_margin: float = field(default=DEFAULT_MARGIN, metadata={
+        "help": "how far below the closing threshold every expert's logit must be"})
     routing_weighted_penalty: bool = field(default=True, metadata={
         "help": "weight each expert's sparsity pressure by its mean routing weight (SMAT)"})
 
@@ -104,6 +111,8 @@ class _DualAscent(TrainerCallback):
         if t.args.sparsity_constraint:
             measured = measured_constraint(t.gated(), t.args.constraint)
             t.lagrangian.update(measured, t.target(state.global_step))
+            if t.args.live_compaction:
+                t.compacted += compact(t.gated(), t.optimizer, t.args.compact_margin)
         return control
 
 
@@ -128,6 +137,7 @@ class SIMoETrainer(Trainer):
         self.add_callback(_DualAscent(self))
         self._acc: dict[str, Any] = {}
         self._last_ortho = 0.0
+        self.compacted = 0  # parameters removed by live compaction in this process
 
     def gated(self) -> list:
         return [gd for _, gd in self._simoe().gated_deltas()]
@@ -251,6 +261,7 @@ class SIMoETrainer(Trainer):
             "sparsity_mean": sparsity["mean"],
             "sparsity_union": sparsity["union"],
             "expected_sparsity_union": getattr(self, "_last_expected", math.nan),
+            "live_fraction": live_fraction(self.gated()),
         }
         for i, s in enumerate(sparsity["per_expert"]):
             out[f"sparsity_expert_{i}"] = s

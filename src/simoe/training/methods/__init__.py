@@ -3,6 +3,8 @@ and one entry in :data:`METHODS`."""
 
 from __future__ import annotations
 
+from ..job import TrainJob
+from ..validation import unused_settings as _unused
 from .base import Method, PlainCollator
 from .btx import BranchTrainMix
 from .full import FullFineTuning
@@ -12,6 +14,7 @@ from .upcycle import MoETrainer, SparseUpcycling
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (SIMoE, FullFineTuning, LoRA, SparseUpcycling, BranchTrainMix)}
+METHOD_SPECIFIC: frozenset[str] = frozenset().union(*(m.uses for m in METHODS.values()))
 
 
 def get_method(name: str) -> Method:
@@ -21,4 +24,10 @@ def get_method(name: str) -> Method:
     return METHODS[name]()
 
 
-__all__ = ["METHODS", "Method", "MoETrainer", "PlainCollator", "get_method"]
+def unused_settings(job: TrainJob) -> list[str]:
+    """``--flag=value`` for every option ``job`` sets that its method does not use."""
+    return _unused(job, get_method(job.method).uses, METHOD_SPECIFIC)
+
+
+__all__ = ["METHODS", "METHOD_SPECIFIC", "Method", "MoETrainer", "PlainCollator", "get_method",
+           "unused_settings"]

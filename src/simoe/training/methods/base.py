@@ -44,6 +44,9 @@ class Method:
     name: ClassVar[str] = ""
     trainer_class: ClassVar[type[Trainer]] = Trainer
     supports_resume: ClassVar[bool] = True
+    uses: ClassVar[frozenset[str]] = frozenset({"lr"})
+    """The method-specific TrainJob fields this method reads (the others must keep their
+    defaults; fields no method lists apply to every method)."""
 
     def check(self, job: TrainJob) -> None:
         """Refuse a job this method cannot run (before any work)."""

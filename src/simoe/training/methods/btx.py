@@ -47,6 +47,7 @@ def _safe(name: str) -> str:
 
 class BranchTrainMix(SparseUpcycling):
     name = "btx"
+    uses = frozenset({"lr", "moe_top_k", "domains"})
     supports_resume = False  # the branches train in memory
 
     def build(self, prep: Prepared) -> nn.Module:

@@ -13,6 +13,7 @@ from .base import Method, count_parameters
 
 class LoRA(Method):
     name = "lora"
+    uses = frozenset({"lora_r", "lora_alpha", "lora_lr"})
 
     def build(self, prep: Prepared) -> nn.Module:
         from peft import LoraConfig, get_peft_model

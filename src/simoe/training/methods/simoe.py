@@ -13,6 +13,7 @@ from ...data import SIMoECollator
 from ...loading import resolve_model_reference
 from ...model import SIMoEModel
 from ...objective import project_to_target
+from ...persistence import live_fraction
 from ...runtime import atomic_write_json
 from ..job import Prepared, TrainJob, training_arguments
 from ..routing_cache import load_or_compute
@@ -39,6 +40,10 @@ def simoe_config(job: TrainJob, num_tasks: int = 0) -> SIMoEConfig:
 
 class SIMoE(Method):
     name = "simoe"
+    uses = frozenset({"lr", "experts", "sparsity", "ortho", "routing", "gate_mode", "constraint",
+                      "sparsity_warmup", "sparsity_hold", "ortho_form", "targets",
+                      "sparsity_constraint", "gate_lr", "gate_second_moment", "router_lr",
+                      "lambda_lr", "balance", "routing_cache", "live_compaction"})
     trainer_class = SIMoETrainer
 
     def needs_task_ids(self, job: TrainJob) -> bool:
@@ -74,7 +79,7 @@ class SIMoE(Method):
             constraint=job.constraint, sparsity_constraint=job.sparsity_constraint,
             sparsity_warmup=job.sparsity_warmup, sparsity_hold=job.sparsity_hold,
             ortho_form=job.ortho_form, balance_weight=job.balance,
-            gate_second_moment=job.gate_second_moment)
+            gate_second_moment=job.gate_second_moment, live_compaction=job.live_compaction)
         return SIMoETrainer(model=model, args=args, train_dataset=self.train_rows(prep, model),
                             data_collator=SIMoECollator(prep.tokenizer),
                             processing_class=prep.tokenizer,
@@ -86,6 +91,7 @@ class SIMoE(Method):
         final_stats.json says where the dynamics alone ended and what the closing moved."""
         job = prep.job
         projection = None
+        live_before_prune = live_fraction(gd for _, gd in model.gated_deltas())
         if job.sparsity_constraint:  # the constraint holds exactly at the end (see the note)
             gated = [gd for _, gd in model.gated_deltas()]
             projection = project_to_target(gated, self.config.target_sparsity, job.constraint)
@@ -100,6 +106,8 @@ class SIMoE(Method):
                       "sparsity_hold": job.sparsity_hold,
                       "ortho_form": job.ortho_form,
                       "gate_second_moment": job.gate_second_moment,
+                      "live_compaction": job.live_compaction,
+                      "live_fraction_before_prune": live_before_prune,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
                                    "sparsity_constraint": job.sparsity_constraint,
                                    "routing": job.routing}})

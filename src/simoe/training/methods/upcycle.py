@@ -46,6 +46,7 @@ def moe_parameter_counts(model: nn.Module) -> dict[str, int]:
 
 class SparseUpcycling(Method):
     name = "upcycle"
+    uses = frozenset({"lr", "moe_experts", "moe_top_k"})
     trainer_class = MoETrainer
 
     def build(self, prep: Prepared) -> nn.Module:
