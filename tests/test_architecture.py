@@ -21,7 +21,7 @@ LAYERS = [
     {"model"},
     {"data", "baselines"},
     {"training", "evaluation", "synthetic"},
-    {"analysis", "sweep"},
+    {"analysis", "sweep", "serving"},
     {"demo"},
     {"cli", "__init__", "__main__"},
 ]

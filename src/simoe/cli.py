@@ -98,6 +98,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
                    default=d.gate_second_moment,
                    help="gates' Adam second moment: shared per expert row (gates move in "
                         "proportion to their force) or per element (plain Adam)")
+    t.add_argument("--gate-beta1", type=float, default=d.gate_beta1,
+                   help="Adam's momentum for the gates (0: a gate stops as soon as lambda is "
+                        "reset, so closing does not overshoot the target)")
     t.add_argument("--no-live-compaction", dest="live_compaction", action="store_false",
                    help="keep every column until the end instead of removing the ones all "
                         "experts closed long ago during training")
@@ -260,6 +263,55 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="merge a SIMoE run at a fixed alpha into a plain "
+                                      "transformers checkpoint", formatter_class=_FORMATTER)
+    p.add_argument("run", help="a SIMoE run directory")
+    p.add_argument("--output", required=True, help="directory to write (refused if not empty)")
+    p.add_argument("--alpha", default="mean",
+                   help="mean | task:NAME | category:NAME (mean alpha of those training "
+                        "prompts) | expert:I | prompt:TEXT | a JSON vector of M weights")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype")
+    p.add_argument("--base-model", default=None, help="the run's base model, if it moved")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --output that holds a model")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .serving import export_run
+
+    done = export_run(args.run, args.output, alpha=args.alpha, dtype=args.dtype,
+                      base_model=args.base_model, overwrite=args.overwrite)
+    print(f"exported at alpha [{', '.join(f'{a:.4f}' for a in done.alpha)}] -> {done.path}")
+    return 0
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="greedy answers, each routed on its own prompt",
+                       formatter_class=_FORMATTER)
+    p.add_argument("run", help="a SIMoE run directory (or a transformers model directory)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt; the answer streams to the terminal")
+    src.add_argument("--file", help="JSONL of requests with 'prompt' or chat 'messages'")
+    p.add_argument("--chat", action="store_true",
+                   help="render plain prompts with the tokenizer's chat template")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per answer")
+    p.add_argument("--output", default=None,
+                   help="JSONL of {prompt, completion, alpha} (default for --file: stdout)")
+    p.add_argument("--base-model", default=None, help="the run's base model, if it moved")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .serving import generate_run
+
+    generate_run(args.run, prompt=args.prompt, file=args.file, chat=args.chat,
+                 max_new_tokens=args.max_new_tokens, output=args.output,
+                 base_model=args.base_model)
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole SIMoE story offline on the embedded default",
                        formatter_class=_FORMATTER)
@@ -308,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_sweep(sub)
     _add_analyze(sub)
+    _add_export(sub)
+    _add_generate(sub)
     _add_demo(sub)
     _add_data(sub)
     for p in list(sub.choices.values()):

@@ -4,7 +4,8 @@
     out = model(input_ids, attention_mask, labels)          # routes, then runs the wrapped LM
     model.generate(input_ids, attention_mask=mask)          # routes once on the prompt
     model.save_pretrained(d); SIMoEModel.from_pretrained(d)  # SIMoE state only, safetensors
-    dense = model.merge_and_unload(alpha)                    # a plain PreTrainedModel
+    dense = model.merged_model(alpha)                        # a merged copy; model intact
+    dense = model.merge_and_unload(alpha)                    # in place (PEFT); model is spent
 
 One forward pass: (1) the router reads the prompt with every delta off (or takes a cached
 routing embedding / an explicit alpha), (2) alpha is stored in the shared RoutingState,
@@ -13,6 +14,7 @@ routing embedding / an explicit alpha), (2) alpha is stored in the shared Routin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -62,6 +64,7 @@ class SIMoEModel(nn.Module):
                 or None
         self.simoe_config = config
         self.base_model = base_model
+        self._merged = False
         self.state = RoutingState()
         for p in base_model.parameters():
             p.requires_grad_(False)
@@ -110,18 +113,31 @@ class SIMoEModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.base_model.dtype
 
+    def _check_not_merged(self) -> None:
+        """Raise once :meth:`merge_and_unload` has written the deltas into the base model."""
+        if self._merged:
+            raise RuntimeError(
+                "this SIMoEModel was merged by merge_and_unload() and is spent: its base model "
+                "(the model merge_and_unload returned) now holds the merged weights and no "
+                "deltas, gates or routing. Reload it with SIMoEModel.from_pretrained, or use "
+                "merged_model(alpha), which merges a copy and leaves this model intact")
+
     def simoe_layers(self) -> list[tuple[str, SIMoELayer]]:
         """(module name in the base model, layer) for every wrapped module."""
+        self._check_not_merged()
         return list(self._layers)
 
     def gated_deltas(self) -> Iterator[tuple[str, GatedDelta]]:
         """(parameter name, GatedDelta) for every gated tensor, e.g. 'model.norm.weight'."""
+        self._check_not_merged()
         for name, layer in self._layers:
             for pname, gd in layer.gated_deltas().items():
                 yield f"{name}.{pname}", gd
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts: base, targeted base, live delta, gates, router, trainable, stored."""
+        """Parameter counts: base, targeted base, live delta, gates, router, trainable, stored.
+        Raises RuntimeError after :meth:`merge_and_unload` (count the returned model instead)."""
+        self._check_not_merged()
         base = sum(p.numel() for n, p in self.base_model.named_parameters()
                    if not is_simoe_param(n))
         delta = gates = targeted = 0
@@ -137,6 +153,7 @@ class SIMoEModel(nn.Module):
     def parameter_groups(self, delta_lr: float, gate_lr: float, router_lr: float,
                          weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimiser groups with their own learning rates; no weight decay on gates."""
+        self._check_not_merged()
         deltas = [gd.delta for _, gd in self.gated_deltas()]
         gates = [gd.log_alpha for _, gd in self.gated_deltas()]
         return [
@@ -178,6 +195,7 @@ class SIMoEModel(nn.Module):
               routing_embedding: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
               task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """alpha for a batch: explicit, else from task ids, a routing embedding or the prompt."""
+        self._check_not_merged()
         m = self.simoe_config.num_experts
         if alpha is not None:
             alpha = torch.as_tensor(alpha, device=self.device, dtype=torch.float32)
@@ -205,6 +223,7 @@ class SIMoEModel(nn.Module):
                 routing_embedding: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
                 task_ids: torch.Tensor | None = None, **kwargs: Any) -> SIMoECausalLMOutput:
         """Route (unless alpha/routing_embedding is given), then run the wrapped causal LM."""
+        self._check_not_merged()
         a = self.route(input_ids, attention_mask, labels, routing_index, routing_embedding, alpha,
                        task_ids)
         # Kept after the forward returns: gradient checkpointing re-runs layers in backward.
@@ -222,6 +241,7 @@ class SIMoEModel(nn.Module):
                  task_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """transformers' generate with alpha fixed by routing once on the prompt (last non-pad
         token). Token routing re-routes every step and therefore decodes without a KV cache."""
+        self._check_not_merged()
         if self.simoe_config.routing != "token" or alpha is not None:
             self.state.alpha = self.route(input_ids, attention_mask, None, None,
                                           routing_embedding, alpha, task_ids)
@@ -259,17 +279,28 @@ class SIMoEModel(nn.Module):
     # ------------------------------------------------------------------ pruning, merging, saving
     def prune(self) -> dict[str, int]:
         """Remove columns whose gate is zero for every expert (see :func:`persistence.prune`)."""
+        self._check_not_merged()
         return persistence.prune(self)
 
     def merge_and_unload(self, alpha: torch.Tensor | list[float]) -> PreTrainedModel:
-        """The wrapped model with ``W_pre + theta_delta diag(alpha @ Z)`` written into every
-        targeted parameter: a plain PreTrainedModel. Done in place; this SIMoEModel is spent."""
+        """Write ``W_pre + theta_delta diag(alpha @ Z)`` into every targeted parameter of the
+        wrapped model and return it: a plain PreTrainedModel (PEFT's convention: in place, no
+        copy). This SIMoEModel is spent afterwards: forward, generate, route, save_pretrained,
+        parameter_counts and the rest raise RuntimeError. :meth:`merged_model` keeps it."""
+        self._check_not_merged()
         return persistence.merge_and_unload(self, alpha)
 
+    def merged_model(self, alpha: torch.Tensor | list[float]) -> PreTrainedModel:
+        """A merged copy at ``alpha`` (see :meth:`merge_and_unload`); this model is unchanged.
+        Needs memory for a second copy of the base model."""
+        self._check_not_merged()
+        return persistence.merge_and_unload(copy.deepcopy(self), alpha)
+
     def detach_layers(self) -> None:
-        """Forget the wrapped layers (after merging them away)."""
+        """Forget the wrapped layers (after merging them away); the model is spent."""
         self._layers = []
         self.state.alpha = None
+        self._merged = True
 
     def simoe_state_dict(self) -> dict[str, torch.Tensor]:
         """The SIMoE state only: live_idx, delta and log_alpha per gated tensor, router weights."""
@@ -281,4 +312,5 @@ class SIMoEModel(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically."""
+        self._check_not_merged()
         persistence.save_simoe(self, directory)

@@ -117,7 +117,9 @@ def live_fraction(gated: Any) -> float:
 @torch.no_grad()
 def merge_and_unload(model: Any, alpha: torch.Tensor | list[float]) -> PreTrainedModel:
     """The wrapped model with ``W_pre + theta_delta diag(alpha @ Z)`` written into every
-    targeted parameter: a plain PreTrainedModel. Done in place; the SIMoE model is spent."""
+    targeted parameter: a plain PreTrainedModel. Done in place (PEFT's convention): the SIMoE
+    model is spent (``detach_layers`` marks it; its methods then raise). A targeted LM head or
+    input embedding tied to the other gets its own merged weight and the config is untied."""
     m = model.simoe_config.num_experts
     alpha = torch.as_tensor(alpha, dtype=torch.float32, device=model.device).reshape(-1)
     if alpha.numel() != m:

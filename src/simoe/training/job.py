@@ -40,6 +40,7 @@ class TrainJob:
     lr: float = 2e-5
     gate_lr: float = 0.1
     gate_second_moment: str = "row"
+    gate_beta1: float = 0.0
     live_compaction: bool = True
     router_lr: float = 1e-4
     lambda_lr: float = 0.02

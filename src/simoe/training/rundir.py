@@ -211,7 +211,7 @@ def claim(job: Any, record: dict[str, Any]) -> RunDir:
             return run
         run.checkpoint = resume_checkpoint(output, job.resume)
         return run
-    if entries:
+    if entries - {"routing_cache"}:  # a reusable routing cache alone is not a run
         if not job.overwrite:
             raise FileExistsError(f"{output} is not empty: pass --resume to continue the run "
                                   "in it, --overwrite to replace it, or another --output")

@@ -76,6 +76,9 @@ class SIMoETrainingArguments(TrainingArguments):
     balance_weight: float = field(default=0.1, metadata={
         "help": "weight of log M - H(mean alpha over the batch): keeps every expert in use "
                 "without making any one prompt's routing less sharp"})
+    gate_beta1: float = field(default=0.0, metadata={
+        "help": "Adam's first-moment decay for the gates (0: no momentum, a gate stops as soon "
+                "as lambda is reset)"})
     live_compaction: bool = field(default=True, metadata={
         "help": "remove columns every expert has closed (logit <= threshold - compact_margin) "
                 "from the deltas, gates and optimiser state during training"})
@@ -153,6 +156,8 @@ class SIMoETrainer(Trainer):
                                                     a.router_learning_rate, a.weight_decay)
             for g in groups:
                 g["second_moment"] = a.gate_second_moment if g["name"] == "gates" else "element"
+                if g["name"] == "gates":
+                    g["betas"] = (a.gate_beta1, a.adam_beta2)
             self.optimizer = SIMoEAdamW(groups, betas=(a.adam_beta1, a.adam_beta2),
                                         eps=a.adam_epsilon)
         return self.optimizer

@@ -60,6 +60,8 @@ def validate_job(job: Any) -> None:
     _one_of(job, "gate_second_moment", ("row", "element"))
     if not 0.0 <= job.sparsity < 1.0:
         raise ValueError(f"--sparsity (tau) must lie in [0, 1), got {job.sparsity}")
+    if not 0.0 <= job.gate_beta1 < 1.0:
+        raise ValueError(f"--gate-beta1 must lie in [0, 1), got {job.gate_beta1}")
     if not (job.ortho >= 0 and math.isfinite(job.ortho)):
         raise ValueError(f"--ortho (beta) must be a finite number >= 0, got {job.ortho}")
     if not (job.balance >= 0 and math.isfinite(job.balance)):

@@ -42,8 +42,8 @@ class SIMoE(Method):
     name = "simoe"
     uses = frozenset({"lr", "experts", "sparsity", "ortho", "routing", "gate_mode", "constraint",
                       "sparsity_warmup", "sparsity_hold", "ortho_form", "targets",
-                      "sparsity_constraint", "gate_lr", "gate_second_moment", "router_lr",
-                      "lambda_lr", "balance", "routing_cache", "live_compaction"})
+                      "sparsity_constraint", "gate_lr", "gate_second_moment", "gate_beta1",
+                      "router_lr", "lambda_lr", "balance", "routing_cache", "live_compaction"})
     trainer_class = SIMoETrainer
 
     def needs_task_ids(self, job: TrainJob) -> bool:
@@ -79,7 +79,8 @@ class SIMoE(Method):
             constraint=job.constraint, sparsity_constraint=job.sparsity_constraint,
             sparsity_warmup=job.sparsity_warmup, sparsity_hold=job.sparsity_hold,
             ortho_form=job.ortho_form, balance_weight=job.balance,
-            gate_second_moment=job.gate_second_moment, live_compaction=job.live_compaction)
+            gate_second_moment=job.gate_second_moment, gate_beta1=job.gate_beta1,
+            live_compaction=job.live_compaction)
         return SIMoETrainer(model=model, args=args, train_dataset=self.train_rows(prep, model),
                             data_collator=SIMoECollator(prep.tokenizer),
                             processing_class=prep.tokenizer,
@@ -106,6 +107,7 @@ class SIMoE(Method):
                       "sparsity_hold": job.sparsity_hold,
                       "ortho_form": job.ortho_form,
                       "gate_second_moment": job.gate_second_moment,
+                      "gate_beta1": job.gate_beta1,
                       "live_compaction": job.live_compaction,
                       "live_fraction_before_prune": live_before_prune,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
