@@ -77,6 +77,30 @@ def test_compaction_keeps_the_loss_and_slices_the_optimizer_state():
 
 
 @needs_shared
+def test_a_tensor_compacted_to_nothing_still_trains():
+    """Every column of one tensor closed by every expert: it is emptied, the model trains on."""
+    model = _gated_model()
+    gated = [gd for _, gd in model.gated_deltas()]
+    opt = SIMoEAdamW(model.parameter_groups(1e-3, 0.1, 1e-3))
+    ids = torch.tensor([[1, 403, 407, 261, 300, 350, 12]])
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad()
+    emptied = [gd for gd in gated if gd.rows is not None][0]
+    with torch.no_grad():
+        emptied.log_alpha.fill_(-4.0)
+    compact(gated, opt)
+    assert emptied.num_live == 0
+    for _ in range(2):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        assert torch.isfinite(loss)
+
+
+@needs_shared
 def test_resume_after_a_compaction_matches_the_uninterrupted_run(tmp_path):
     common = dict(model=str(STORIES), data=str(SNI_MINI), max_source_len=128, max_target_len=16,
                   max_instances_per_task=2, batch_size=4, logging_steps=1, save_steps=4,

@@ -154,7 +154,7 @@ def test_export_cli_card_bf16_and_a_process_without_simoe(run, simoe_model, tmp_
     assert str(out) in capsys.readouterr().out
     stats = json.loads((run / "final_stats.json").read_text())
     card = (out / "README.md").read_text()
-    assert str(STORIES) in card and "SIMoE" in card and "--alpha mean" in card
+    assert str(STORIES.resolve()) in card and "SIMoE" in card and "--alpha mean" in card
     assert f"union {stats['sparsity']['union']:.4f}" in card
     alpha = _expected_alpha("mean", run, simoe_model)
     assert "[" + ", ".join(f"{a:.6f}" for a in alpha.tolist()) + "]" in card

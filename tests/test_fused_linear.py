@@ -45,6 +45,19 @@ def test_fused_matches_the_plain_autograd_form(token, pruned):
     assert grads[1].shape == m.shape
 
 
+@pytest.mark.parametrize("token", [False, True])
+def test_fused_with_no_live_column_gives_zeros(token):
+    """A tensor that compaction emptied: output and gradients are zeros of the right shapes."""
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    m = torch.rand(*((3, 5) if token else (3,)), 0, requires_grad=True)
+    delta = torch.randn(4, 0, requires_grad=True)
+    y = GatedDeltaLinear.apply(x, m, delta, torch.zeros(0, dtype=torch.long))
+    assert y.shape == (3, 5, 4) and not y.any()
+    gx, gm, gd = torch.autograd.grad(y.sum(), (x, m, delta))
+    assert gx.shape == x.shape and not gx.any()
+    assert gm.shape == m.shape and gd.shape == delta.shape
+
+
 def test_fused_passes_gradcheck_in_fp64():
     for token in (False, True):
         x, m, delta, live = _inputs(token, True, dtype=torch.float64)

@@ -208,14 +208,14 @@ class GatedDeltaLinear(torch.autograd.Function):
             if need_m:
                 prod = gu * xs  # summed over every dimension m was broadcast along
                 lead = m.dim() - 1
-                if prod.dim() > m.dim():
-                    prod = prod.reshape(*prod.shape[:lead], -1, prod.shape[-1])
+                if prod.dim() > m.dim():  # flatten, not reshape(-1): k may be 0 after compaction
+                    prod = prod.flatten(lead, -2)
                     grad_m = prod.sum(lead, dtype=torch.float32).to(m.dtype)
                 else:
                     grad_m = prod.to(m.dtype)
         if need_delta:
             u = xs * mb
-            grad_delta = (g.reshape(-1, g.shape[-1]).t() @ u.reshape(-1, u.shape[-1]))
+            grad_delta = g.flatten(0, -2).t() @ u.flatten(0, -2)
             grad_delta = grad_delta.to(delta.dtype)
         return grad_x, grad_m, grad_delta, None
 
