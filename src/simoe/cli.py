@@ -312,6 +312,45 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_lm_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "lm-eval", help="lm-evaluation-harness tasks on a run (needs simoe[eval])",
+        formatter_class=_FORMATTER,
+        description="Runs lm-eval with the run as its `simoe` model, each request routed on "
+                    "its context. Everything after RUN is lm-eval's own command line "
+                    "(--tasks, --num_fewshot, --batch_size, --limit, --output_path, ...); "
+                    "--model_args adds model args (base_model, dtype, max_length, "
+                    "max_gen_toks, add_bos_token).",
+        epilog="example: simoe lm-eval runs/simoe --tasks arc_easy,hellaswag --batch_size 8")
+    p.add_argument("run", help="a SIMoE run directory (or a transformers model directory)")
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="LM_EVAL_ARGS",
+                   help="lm-eval's options, passed through")
+    p.set_defaults(func=_run_lm_eval)
+
+
+def _run_lm_eval(args: argparse.Namespace) -> int:
+    rest = list(args.lm_eval_args)
+    if "--model" in rest:
+        raise ValueError("--model is set by `simoe lm-eval` (it is `simoe`); drop it")
+    if not Path(args.run).exists():
+        raise FileNotFoundError(f"run {args.run} does not exist")
+    model_args = f"run={args.run}"
+    for i, arg in enumerate(rest):
+        if arg.startswith("--model_args="):
+            model_args += "," + rest.pop(i).split("=", 1)[1]
+            break
+        if arg == "--model_args" and i + 1 < len(rest):
+            model_args += "," + rest.pop(i + 1)
+            rest.pop(i)
+            break
+    try:
+        from .serving.lm_eval_model import main as lm_eval_main
+    except ImportError as err:
+        raise ValueError(str(err)) from None  # the extra is missing: a user error
+    lm_eval_main(["--model", "simoe", "--model_args", model_args, *rest])
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole SIMoE story offline on the embedded default",
                        formatter_class=_FORMATTER)
@@ -362,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_export(sub)
     _add_generate(sub)
+    _add_lm_eval(sub)
     _add_demo(sub)
     _add_data(sub)
     for p in list(sub.choices.values()):
