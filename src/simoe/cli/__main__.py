@@ -1,0 +1,7 @@
+"""`python -m simoe.cli ...` (what `accelerate launch -m simoe.cli` runs)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
