@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "simoe"
 LAYERS = [
     {"config", "gates", "runtime", "gguf_cache", "constraint"},
     {"loading"},
+    {"gated_delta"},
     {"layers"},
     {"router", "objective", "targets"},
     {"persistence"},

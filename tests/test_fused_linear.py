@@ -9,14 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from simoe.gated_delta import GatedDeltaLinear, broadcast_like
 from simoe.gates import init_mean
-from simoe.layers import GatedDeltaLinear, RoutingState, SIMoELinear, _broadcast_like
+from simoe.layers import RoutingState, SIMoELinear
 
 
 def _unfused(x, m, delta, live_idx):
     """The delta path as plain autograd ops (the form before the fused function)."""
     xs = x if live_idx is None else x.index_select(-1, live_idx)
-    return F.linear(xs * _broadcast_like(m, x).to(x.dtype), delta.to(x.dtype))
+    return F.linear(xs * broadcast_like(m, x).to(x.dtype), delta.to(x.dtype))
 
 
 def _inputs(token: bool, pruned: bool, dtype=torch.float32, seed=0):

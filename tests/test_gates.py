@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from simoe.gated_delta import GatedDelta
 from simoe.gates import (
     BETA,
     GAMMA,
@@ -16,7 +17,6 @@ from simoe.gates import (
     init_mean,
     stochastic_gate,
 )
-from simoe.layers import GatedDelta
 
 
 def test_deterministic_gate_matches_the_formula_and_hits_exact_zeros_and_ones():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from simoe.constraint import Lagrangian, target_at
+from simoe.gated_delta import GatedDelta
 from simoe.gates import (
     BETA,
     CLOSED_BELOW,
@@ -22,7 +23,6 @@ from simoe.gates import (
     deterministic_gate,
     expected_l0,
 )
-from simoe.layers import GatedDelta
 from simoe.objective import (
     CONSTRAINTS,
     clamp_log_alpha_,

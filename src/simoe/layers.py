@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .gates import gate
+from .gated_delta import GatedDelta, GatedDeltaLinear, broadcast_like
 
 
 class RoutingState:
@@ -32,11 +32,34 @@ class RoutingState:
     ``alpha`` is set by :class:`simoe.SIMoEModel` before the wrapped model runs and is kept until
     the next forward, so gradient checkpointing can re-run layers during backward.
     ``enabled=False`` switches every delta off (the router's pass over the frozen base model).
+    Frozen inference (eval mode, no grad) memoises what depends only on alpha and the SIMoE
+    parameters (each layer's ``m = alpha @ Z`` and its delta in the activations' dtype) for as
+    long as alpha is unchanged: one generate() computes them once, not at every decode step.
     """
 
     def __init__(self) -> None:
-        self.alpha: torch.Tensor | None = None
+        self._alpha: torch.Tensor | None = None
+        self._memo: dict = {}
         self.enabled: bool = True
+
+    @property
+    def alpha(self) -> torch.Tensor | None:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: torch.Tensor | None) -> None:
+        self._alpha = value
+        self._memo.clear()
+
+    def memo(self, key: tuple, stamp: tuple, build):  # noqa: ANN001, ANN201 - any value
+        """``build()``, computed once per alpha and per ``stamp`` (the identity and in-place
+        version of the parameters it reads, so an update or a pruning invalidates it)."""
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = build()
+        self._memo[key] = (stamp, value)
+        return value
 
     def alpha_for(self, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
         """alpha ([B, M] or [B, T, M]) for a batch of ``batch_size`` rows, on ``device``.
@@ -56,168 +79,6 @@ class RoutingState:
         if batch_size % alpha.shape[0] == 0:
             return alpha.repeat_interleave(batch_size // alpha.shape[0], dim=0)
         raise RuntimeError(f"routing weights for {alpha.shape[0]} examples, batch has {batch_size}")
-
-
-class FP32Module(nn.Module):
-    """A module whose parameters stay fp32 when the model is cast (``model.to(torch.bfloat16)``
-    moves them but keeps their dtype): trainable SIMoE state and gate math are fp32."""
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - nn.Module internals
-        before = {n: p.data for n, p in self.named_parameters()}
-        super()._apply(fn, recurse)
-        for n, p in self.named_parameters():
-            if p.dtype != torch.float32:
-                p.data = before[n].to(device=p.device, dtype=torch.float32)
-        return self
-
-
-class GatedDelta(FP32Module):
-    """One shared delta with M experts' hard-concrete gates over its live columns.
-
-    ``delta`` is ``[rows, k]`` for a matrix (gates per input column, each standing for ``rows``
-    parameters) or ``[k]`` for a vector (element-wise gates); ``log_alpha`` is ``[M, k]``;
-    ``live_idx`` holds the ``k`` surviving column indices out of ``full_size``. ``mode`` is the
-    gate kind (see :func:`simoe.gates.gate`); ``log_alpha`` starts at N(init_mean, noise_std^2).
-    """
-
-    def __init__(self, full_size: int, rows: int | None, num_experts: int, init_mean: float,
-                 noise_std: float, mode: str = "deterministic", straight_through: bool = False,
-                 device: torch.device | str | None = None) -> None:
-        super().__init__()
-        self.full_size = full_size
-        self.rows = rows
-        self.mode = mode
-        self.straight_through = straight_through
-        shape = (rows, full_size) if rows is not None else (full_size,)
-        self.register_buffer("live_idx", torch.arange(full_size, device=device))
-        self.delta = nn.Parameter(torch.zeros(shape, device=device, dtype=torch.float32))
-        self.log_alpha = nn.Parameter(torch.empty(
-            num_experts, full_size, device=device, dtype=torch.float32).normal_(init_mean,
-                                                                               noise_std))
-
-    @property
-    def num_live(self) -> int:
-        return self.log_alpha.shape[1]
-
-    @property
-    def is_full(self) -> bool:
-        return self.num_live == self.full_size
-
-    @property
-    def params_per_gate(self) -> int:
-        """How many delta parameters one gate switches (rows of a matrix, 1 for a vector)."""
-        return self.rows if self.rows is not None else 1
-
-    def gates(self, training: bool = False) -> torch.Tensor:
-        """Z: [M, k] in fp32 (sampled only for stochastic gates in training)."""
-        return gate(self.log_alpha, self.mode, training, self.straight_through)
-
-    def mix(self, alpha: torch.Tensor, training: bool = False) -> torch.Tensor:
-        """m = alpha @ Z: [..., k] in fp32 for alpha [..., M]."""
-        return alpha.float() @ self.gates(training)
-
-    def dense(self, values: torch.Tensor) -> torch.Tensor:
-        """Scatter [..., k] values over the live columns into a zero [..., full_size] tensor."""
-        if self.is_full:
-            return values
-        out = values.new_zeros(*values.shape[:-1], self.full_size)
-        return out.index_copy(-1, self.live_idx, values)
-
-    def merged_delta(self, m: torch.Tensor) -> torch.Tensor:
-        """theta_delta * m over the full shape, for one mixing vector m [k]."""
-        return self.dense(self.delta * m)
-
-    @torch.no_grad()
-    def keep_columns(self, keep: torch.Tensor) -> torch.Tensor:
-        """Physically drop the columns where ``keep`` is False; returns the kept positions."""
-        pos = keep.nonzero().flatten()
-        self.live_idx = self.live_idx[pos]
-        self.delta = nn.Parameter(self.delta.detach().index_select(-1, pos).contiguous())
-        self.log_alpha = nn.Parameter(self.log_alpha.detach()[:, pos].contiguous())
-        return pos
-
-    @torch.no_grad()
-    def load_state(self, live_idx: torch.Tensor, delta: torch.Tensor, log_alpha: torch.Tensor,
-                   name: str) -> None:
-        """Load a (possibly pruned) state, checking it fits the base parameter's shape."""
-        k = live_idx.numel()
-        want_delta = (self.rows, k) if self.rows is not None else (k,)
-        ok = (tuple(delta.shape) == want_delta and log_alpha.shape[1] == k
-              and (k == 0 or int(live_idx.max()) < self.full_size))
-        if not ok:
-            raise ValueError(
-                f"checkpoint tensor {name!r} does not fit the base model: delta "
-                f"{tuple(delta.shape)} "
-                f"over {k} live columns, but the base parameter has "
-                f"{self.rows if self.rows is not None else ''}x{self.full_size}. "
-                "Was the checkpoint made for a base model of another shape?")
-        if log_alpha.shape[0] != self.log_alpha.shape[0]:
-            raise ValueError(f"checkpoint tensor {name!r} has {log_alpha.shape[0]} experts, "
-                             f"the config says {self.log_alpha.shape[0]}")
-        device = self.log_alpha.device
-        self.live_idx = live_idx.to(device=device, dtype=torch.long)
-        if self.delta.shape == delta.shape:  # same parameters: optimiser references stay valid
-            self.delta.copy_(delta)
-            self.log_alpha.copy_(log_alpha)
-        else:  # a pruned checkpoint
-            self.delta = nn.Parameter(delta.to(device=device, dtype=torch.float32))
-            self.log_alpha = nn.Parameter(log_alpha.to(device=device, dtype=torch.float32))
-
-
-def _broadcast_like(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-example [B, k] (or per-token [B, T, k]) vector to broadcast against x."""
-    lead = m.dim() - 1  # 1 for instance routing, 2 for token routing
-    return m.reshape(*m.shape[:lead], *([1] * (x.dim() - lead - 1)), m.shape[-1])
-
-
-class GatedDeltaLinear(torch.autograd.Function):
-    """The delta path of a SIMoE linear, ``(x[..., live] * m) theta_delta^T``, in one autograd
-    node that saves only ``x`` (which the base linear keeps anyway), the small mixing vectors
-    ``m`` ([B, k] or [B, T, k]) and ``theta_delta``; ``x * m`` is recomputed in backward instead
-    of being kept alive for every linear of the model, and the column gather of a pruned layer
-    is redone rather than stored.
-
-        forward   u = x_s * m,  y = u D^T
-        backward  g_u = g D,  dx_s = g_u * m,  dm = sum_t g_u * x_s,  dD = g^T (x_s * m)
-
-    ``m`` is not broadcast: the instance-routing gradient is reduced over the tokens here.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, m: torch.Tensor, delta: torch.Tensor,  # noqa: ANN001
-                live_idx: torch.Tensor | None) -> torch.Tensor:
-        xs = x if live_idx is None else x.index_select(-1, live_idx)
-        y = F.linear(xs * _broadcast_like(m, x).to(x.dtype), delta.to(x.dtype))
-        ctx.live_idx = live_idx
-        ctx.save_for_backward(x, m, delta)
-        return y
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):  # noqa: ANN001, ANN205
-        x, m, delta = ctx.saved_tensors
-        idx = ctx.live_idx
-        xs = x if idx is None else x.index_select(-1, idx)
-        mb = _broadcast_like(m, x).to(x.dtype)
-        need_x, need_m, need_delta = ctx.needs_input_grad[:3]
-        grad_x = grad_m = grad_delta = None
-        if need_x or need_m:
-            gu = g @ delta.to(g.dtype)  # [..., k]
-            if need_x:
-                gxs = gu * mb
-                grad_x = gxs if idx is None else gxs.new_zeros(x.shape).index_copy_(-1, idx, gxs)
-            if need_m:
-                prod = gu * xs  # summed over every dimension m was broadcast along
-                lead = m.dim() - 1
-                if prod.dim() > m.dim():  # flatten, not reshape(-1): k may be 0 after compaction
-                    prod = prod.flatten(lead, -2)
-                    grad_m = prod.sum(lead, dtype=torch.float32).to(m.dtype)
-                else:
-                    grad_m = prod.to(m.dtype)
-        if need_delta:
-            u = xs * mb
-            grad_delta = g.flatten(0, -2).t() @ u.flatten(0, -2)
-            grad_delta = grad_delta.to(delta.dtype)
-        return grad_x, grad_m, grad_delta, None
 
 
 class SIMoELayer(nn.Module):
@@ -246,6 +107,16 @@ class SIMoELayer(nn.Module):
 
     def _mix(self, gd: GatedDelta, alpha: torch.Tensor) -> torch.Tensor:
         return gd.mix(alpha, self.training)
+
+    def _frozen(self) -> bool:
+        """Inference with nothing to differentiate: terms that depend on alpha only are
+        memoised in the routing state."""
+        return not self.training and not torch.is_grad_enabled()
+
+    def _memo(self, x: torch.Tensor, build):  # noqa: ANN001, ANN202
+        stamp = tuple((id(p), p._version) for gd in self.gated_deltas().values()
+                      for p in (gd.delta, gd.log_alpha))
+        return self.state.memo((id(self), x.shape[0], x.dtype, x.device), stamp, build)
 
     def merge(self, alpha: torch.Tensor) -> nn.Module:
         """The base module with theta_pre + theta_delta * (alpha @ Z) written into its weights."""
@@ -276,14 +147,30 @@ class SIMoELinear(SIMoELayer):
         y = self.base_layer(x)
         if not self.state.enabled:
             return y
-        alpha = self.state.alpha_for(x.shape[0], x.device)
         wd = self.weight_delta
-        y = y + GatedDeltaLinear.apply(x, self._mix(wd, alpha), wd.delta,
-                                       None if wd.is_full else wd.live_idx)
+        live = None if wd.is_full else wd.live_idx
+        if self._frozen():  # decoding: m, the delta and the bias term computed once per alpha
+            m, delta, bias = self._memo(x, lambda: self._inference_terms(x))
+            xs = x if live is None else x.index_select(-1, live)
+            y = y + F.linear(xs * m, delta)
+            return y if bias is None else y + bias
+        alpha = self.state.alpha_for(x.shape[0], x.device)
+        y = y + GatedDeltaLinear.apply(x, self._mix(wd, alpha), wd.delta, live)
         if self.bias_delta is not None:
             bd = self.bias_delta
-            y = y + _broadcast_like(bd.dense(self._mix(bd, alpha) * bd.delta), y).to(y.dtype)
+            y = y + broadcast_like(bd.dense(self._mix(bd, alpha) * bd.delta), y).to(y.dtype)
         return y
+
+    def _inference_terms(self, x: torch.Tensor) -> tuple:
+        """(m broadcast like x, theta_delta, dense bias delta or None), in x's dtype."""
+        alpha = self.state.alpha_for(x.shape[0], x.device)
+        wd = self.weight_delta
+        m = broadcast_like(wd.mix(alpha), x).to(x.dtype)
+        bias = None
+        if self.bias_delta is not None:
+            bd = self.bias_delta
+            bias = broadcast_like(bd.dense(bd.mix(alpha) * bd.delta), x).to(x.dtype)
+        return m, wd.delta.to(x.dtype), bias
 
     @torch.no_grad()
     def merge(self, alpha: torch.Tensor) -> nn.Module:
@@ -323,17 +210,25 @@ class SIMoENorm(SIMoELayer):
                      x: torch.Tensor) -> torch.Tensor:
         # fp32: in a bf16 model a small delta on a scale near 1 would round away.
         d = gd.dense(self._mix(gd, alpha) * gd.delta)
-        return _broadcast_like(param.float() + d, x)
+        return broadcast_like(param.float() + d, x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _scale_and_bias(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         base = self.base_layer
-        if not self.state.enabled:
-            return base(x)
         alpha = self.state.alpha_for(x.shape[0], x.device)
         weight = self._per_example(self.weight_delta, base.weight, alpha, x)
         bias = base.bias if isinstance(getattr(base, "bias", None), nn.Parameter) else None
         if self.bias_delta is not None:
             bias = self._per_example(self.bias_delta, base.bias, alpha, x)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if not self.state.enabled:
+            return base(x)
+        if self._frozen():
+            weight, bias = self._memo(x, lambda: self._scale_and_bias(x))
+        else:
+            weight, bias = self._scale_and_bias(x)
         if isinstance(base, nn.LayerNorm):
             y = F.layer_norm(x, base.normalized_shape, None, None, base.eps) * weight
             y = y + bias if bias is not None else y

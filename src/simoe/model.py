@@ -28,7 +28,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import persistence
 from .config import SIMoEConfig
-from .layers import GatedDelta, RoutingState, SIMoELayer
+from .gated_delta import GatedDelta
+from .layers import RoutingState, SIMoELayer
 from .loading import load_base_model
 from .persistence import WEIGHTS_NAME
 from .router import Router, TaskRouter, position_ids_from_mask, routing_positions

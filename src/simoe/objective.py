@@ -63,8 +63,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .gated_delta import GatedDelta
 from .gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN, clamp_log_alpha_, expected_l0
-from .layers import GatedDelta
 
 CONSTRAINTS = ("union", "mean", "per-expert")
 ORTHO_FORMS = ("literal", "offdiag")

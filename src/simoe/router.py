@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import FP32Module
+from .gated_delta import FP32Module
 
 
 def routing_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
