@@ -229,6 +229,28 @@ def measure_times(names: list[str], args: argparse.Namespace) -> dict:
             for n in names}
 
 
+def plan_check(rows: dict, names: list[str], args: argparse.Namespace) -> dict:
+    """`simoe plan`'s estimate of each variant's method memory (its total minus the base's
+    weights, as ``method_mb`` is measured) and its error against the measurement."""
+    from simoe.planning import estimate, load_config
+
+    config = random_config(args) if args.random_config else load_config(args.model)
+    out = {}
+    for name in names:
+        measured = rows[name]["memory"].get("method_mb")
+        dtype = variant_dtype(name, args)
+        variant = "simoe" if name == "simoe_bf16" else name
+        est = estimate(config, variant, args.batch, args.seq, dtype=dtype)
+        base_bytes = estimate(config, "full", 1, 1, dtype=dtype).weights
+        mb = (est.total - base_bytes) / 2**20
+        error = ratio(mb, measured) - 1 if measured else None
+        out[name] = {"plan_method_mb": mb, "measured_method_mb": measured, "error": error}
+        pct = fmt(100 * error if error is not None else None, "+.0f")
+        print(f"plan {name}: {mb:.0f} MB estimated vs {fmt(measured, '.0f')} MB measured "
+              f"({pct}%)")
+    return out
+
+
 def run_summary(path: str | None) -> dict:
     if not path:
         return {"measured": False}
@@ -302,6 +324,8 @@ def main() -> None:
           f"threads; batch {args.batch} x seq {args.seq}; median of {args.rounds} interleaved "
           f"rounds x {args.steps} steps\n")
     report(rows, names)
+    print()
+    plan = plan_check(rows, names, args)
     run = run_summary(args.run)
     print("\nmean step time over a whole tau = 0.75 run: " + (
         f"{run['mean_step_s']:.3f} s/step, {run['steps']} steps of {run['run']} ({run['method']}, "
@@ -310,7 +334,8 @@ def main() -> None:
         f"at step {run['logged_step_end']})"
         if run["measured"] else "not measured (pass --run DIR)"))
     result = {"config": vars(args), "model_shape": shape, "variants": names, "rows": rows,
-              "run": run, "note": NOTE, "torch": torch.__version__, "device": args.device,
+              "plan": plan, "run": run, "note": NOTE, "torch": torch.__version__,
+              "device": args.device,
               "transformers": transformers.__version__, "threads": torch.get_num_threads(),
               "bf16_method": "bf16 base (SIMoE parameters fp32) + torch.autocast(bfloat16)"}
     if args.device == "cpu" and args.gpu == "auto":

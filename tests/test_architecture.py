@@ -21,7 +21,7 @@ LAYERS = [
     {"persistence"},
     {"model"},
     {"data", "baselines"},
-    {"training", "evaluation", "synthetic"},
+    {"training", "evaluation", "synthetic", "planning"},
     {"analysis", "sweep", "serving"},
     {"demo"},
     {"cli", "__init__", "__main__"},

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Sequence
 
 from ..data import DataError
-from . import demo, evaluate, serve, train
+from . import demo, evaluate, plan, serve, train
 from .common import FORMATTER, add_debug
 
 # Errors a user can fix (ModelLoadError is a ValueError; FileNotFoundError, PermissionError,
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (train.add_train, evaluate.add_eval, evaluate.add_report, train.add_sweep,
                 evaluate.add_analyze, serve.add_export, serve.add_generate, serve.add_lm_eval,
-                demo.add_demo, demo.add_data):
+                plan.add_plan, demo.add_demo, demo.add_data):
         add(sub)
     for p in list(sub.choices.values()):
         add_debug(p)

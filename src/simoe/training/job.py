@@ -140,9 +140,9 @@ def training_arguments(job: TrainJob, output: Path, cls: type = TrainingArgument
     return cls(**kwargs)
 
 
-def total_steps(job: TrainJob, n_examples: int) -> int:
+def total_steps(job: TrainJob, n_examples: int, processes: int = 1) -> int:
     """Optimiser steps the job's budget allows (max_steps, or epochs over the data)."""
     if job.max_steps > 0:
         return job.max_steps
-    per_epoch = math.ceil(n_examples / (job.batch_size * job.grad_accum))
+    per_epoch = math.ceil(n_examples / (job.batch_size * job.grad_accum * processes))
     return max(1, math.ceil(per_epoch * job.epochs))

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..loading import resolve_model_reference
 from ..runtime import atomic_write_json, check_output_dir, peak_memory_mb
+from .distributed import is_main, num_processes, on_main, wait_for_everyone
 from .job import Prepared, TrainJob, prepare
 from .methods import get_method, unused_settings
 from .rundir import FINAL_STATS_NAME, auto_resume, claim, write_job
@@ -35,15 +36,19 @@ def train(job: TrainJob) -> Path:
     overwrites it. ``resume="auto"``: reuse a finished run, resume a partial one, else start.
     A run that fails before training starts removes what it created."""
     if job.resume == "auto":
-        job = dataclasses.replace(job, resume=auto_resume(Path(job.output)))
+        resume = on_main(lambda: auto_resume(Path(job.output)))
+        job = dataclasses.replace(job, resume=resume)
     method = get_method(job.method)
     method.check(job)
     unused = unused_settings(job)
     if unused:
         logger.warning("--method %s does not use %s: ignored", job.method, ", ".join(unused))
     check_output_dir(job.output)
-    record = job_record(job)
-    run = claim(job, record)
+    processes = num_processes()
+    # Under `accelerate launch` the main process claims the directory and writes every file;
+    # the others share its decision (or its error) and wait where it writes.
+    record = on_main(lambda: job_record(job, processes))
+    run = on_main(lambda: claim(job, record))
     if run.finished:
         logger.info("%s is a finished run (%s): nothing to resume, weights unchanged",
                     run.path, FINAL_STATS_NAME)
@@ -51,17 +56,22 @@ def train(job: TrainJob) -> Path:
     try:
         prep = prepare(job, task_routing=method.needs_task_ids(job), checkpoint=run.checkpoint)
         prep.base_fingerprint = record["base_fingerprint"]
-        if job.overwrite and run.existed:
-            run.clear()
-        write_job(prep.output, record)
+        if is_main():
+            if job.overwrite and run.existed:
+                run.clear()
+            write_job(prep.output, record)
+        wait_for_everyone()
         model = method.build(prep)
         trainer = method.trainer(prep, model)
     except BaseException:
-        run.clean_up()
+        if is_main():
+            run.clean_up()
         raise
     result = trainer.train(resume_from_checkpoint=prep.checkpoint)
-    stats = method.save(prep, model, trainer)
-    return finish(prep, method.name, trainer.state.global_step, result.training_loss, stats)
+    path = on_main(lambda: finish(prep, method.name, trainer.state.global_step,
+                                  result.training_loss, method.save(prep, model, trainer)))
+    wait_for_everyone()
+    return path
 
 
 def finish(prep: Prepared, method: str, steps: int, train_loss: float,

@@ -4,6 +4,7 @@ learning rates, SIMoE-only checkpoints and the method's vital signs in the logs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from .compaction import DEFAULT_MARGIN, compact
 from .optimizer import SECOND_MOMENTS, SIMoEAdamW
 
 TRAINER_STATE_NAME = "simoe_trainer_state.json"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,11 +134,21 @@ class SIMoETrainer(Trainer):
             raise ValueError("gate_mode='free' masks are real values without sparsity: train them "
                              "with sparsity_constraint=False (ablation c)")
         super().__init__(model=model, args=args, **kwargs)
+        if self.is_fsdp_enabled:
+            raise ValueError("SIMoE does not support FSDP yet: the regulariser and the dual step "
+                             "read every gate outside the forward, where FSDP holds a shard. "
+                             "Use DDP (accelerate launch --multi_gpu)")
         tau, m = model.simoe_config.target_sparsity, model.simoe_config.num_experts
         band = args.sparsity_band
         self.lagrangian = Lagrangian.per_expert(tau, args.lambda_learning_rate, m, band) \
             if args.constraint == "per-expert" \
             else Lagrangian(tau, args.lambda_learning_rate, band=band)
+        if args.live_compaction and args.world_size > 1:
+            # DDP's reducer holds the Parameters it was built with; compaction replaces them.
+            logger.warning("live compaction is off with %d processes (DDP keeps the original "
+                           "parameters); dead columns are removed when the run is pruned at "
+                           "the end", args.world_size)
+            args.live_compaction = False
         self.add_callback(_DualAscent(self))
         self._acc: dict[str, Any] = {}
         self._last_ortho = 0.0
@@ -192,17 +204,25 @@ class SIMoETrainer(Trainer):
         model, gated = self._simoe(), self.gated()
         cfg, args = model.simoe_config, self.args
         device, m = gated[0].log_alpha.device, cfg.num_experts
-        weights = None
-        if args.routing_weighted_penalty and alpha is not None:
-            weights = alpha.detach().reshape(-1, m).float().mean(0).to(device) * m
+        weights = mean_alpha = None
+        if alpha is not None:
+            mean_alpha = self.global_mean_alpha(alpha.reshape(-1, m).float()).to(device)
+        if args.routing_weighted_penalty and mean_alpha is not None:
+            weights = mean_alpha.detach() * m
         offdiag = args.ortho_form == "offdiag"
         ortho = orthogonality(gated, model.training, args.ortho_form,
                               weights if offdiag else None) if cfg.ortho_weight > 0 \
             else torch.zeros((), device=device)
         beta = cfg.ortho_weight * self.pressure(self.state.global_step)
         reg = beta * (float(num_gates(gated)) if offdiag else 1.0) * ortho
-        if args.balance_weight > 0 and alpha is not None:
-            reg = reg + args.balance_weight * load_imbalance(alpha.reshape(-1, m))
+        if args.balance_weight > 0 and mean_alpha is not None:
+            balance = load_imbalance(mean_alpha[None])
+            # Value: the global batch's imbalance. Gradient: each process reaches only its own
+            # rows and DDP averages over the processes, so R times the local part sums to the
+            # one-process gradient.
+            r = self.accelerator.num_processes
+            balance = balance if r == 1 else balance.detach() + r * (balance - balance.detach())
+            reg = reg + args.balance_weight * balance
         if cfg.gate_mode == "free":  # real-valued masks: no expected L0
             return reg, ortho.detach(), torch.full((), math.nan, device=device)
         per_expert = expected_sparsity_per_expert(gated)
@@ -214,6 +234,17 @@ class SIMoETrainer(Trainer):
         with torch.no_grad():
             union = expected_sparsity(gated, "union")
         return reg, ortho.detach(), union
+
+    def global_mean_alpha(self, alpha: torch.Tensor) -> torch.Tensor:
+        """Mean routing weights ([M]) over the global batch: every process's rows (all-reduced,
+        detached) with this process's own rows attached, so the weights of the regulariser,
+        hence the regulariser itself, are the same on every process."""
+        if self.accelerator.num_processes == 1:
+            return alpha.mean(0)
+        local = alpha.sum(0)
+        both = torch.cat([local.detach(), local.new_tensor([alpha.shape[0]])])
+        total = self.accelerator.reduce(both, reduction="sum")
+        return (total[:-1] - local.detach() + local) / total[-1]
 
     def _loss_is_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
         """The Trainer's own rule: is the loss already normalised over the accumulated batch?"""
@@ -232,7 +263,8 @@ class SIMoETrainer(Trainer):
         reg, ortho, expected = self.regularizer(outputs.alpha)
         # Every micro-batch adds the regulariser; it must count once per optimiser step. When
         # the Trainer does not divide the loss by the accumulation steps, divide it here. Under
-        # DDP the regulariser is the same on every rank, so the gradient average keeps it whole.
+        # DDP the regulariser is the same on every process (its routing weights are the global
+        # batch's), so the gradient average keeps it whole.
         ga = self.current_gradient_accumulation_steps
         scaled = self._loss_is_scaled_for_ga(num_items_in_batch)
         loss = nll + (reg / ga if scaled else reg)
@@ -253,10 +285,24 @@ class SIMoETrainer(Trainer):
         a["entropy"] = a.get("entropy", 0.0) + routing_entropy(flat) * flat.shape[0]
         self._last_ortho, self._last_expected = float(ortho), float(expected)
 
+    def _reduce_accumulated(self, a: dict[str, Any]) -> dict[str, Any]:
+        """Every process's accumulators combined (NLL averaged over processes, routing summed);
+        called on every process at the same logging step."""
+        if self.accelerator.num_processes == 1 or not a.get("n"):
+            return a
+        r = self.accelerator.num_processes
+        flat = torch.cat([torch.as_tensor(a["nll"], dtype=torch.float32).reshape(1) / r,
+                          torch.tensor([float(a["n"]), float(a["alpha_n"])]),
+                          torch.as_tensor(a["entropy"], dtype=torch.float32).reshape(1),
+                          torch.as_tensor(a["alpha_sum"], dtype=torch.float32).reshape(-1)])
+        flat = self.accelerator.reduce(flat.to(self.accelerator.device), reduction="sum").cpu()
+        return {"nll": flat[0], "n": a["n"], "alpha_n": float(flat[2]), "entropy": flat[3],
+                "alpha_sum": flat[4:]}
+
     def vital_signs(self) -> dict[str, float]:
         """NLL, orthogonality, lambda, sparsity (mean/union/per expert), routing entropy and
         mean alpha per expert since the last log."""
-        a, self._acc = self._acc, {}
+        a, self._acc = self._reduce_accumulated(self._acc), {}
         sparsity = measured_sparsity(self.gated())
         lams = self.lagrangian.multipliers
         out: dict[str, float] = {

@@ -117,10 +117,18 @@ def _local_path(text: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else text
 
 
-def job_record(job: Any) -> dict[str, Any]:
+# A run may resume on another number of processes with another per-device batch or
+# accumulation, as long as the global batch (what one optimiser step sees) is the same.
+_GLOBAL_BATCH_PARTS = ("batch_size", "grad_accum", "processes")
+
+
+def job_record(job: Any, processes: int = 1) -> dict[str, Any]:
     """The job's fields as job.json records them: the base as an absolute path or hub id with
-    its fingerprint, data and domain files as absolute paths."""
+    its fingerprint, data and domain files as absolute paths, the number of processes and the
+    global batch (batch_size x grad_accum x processes)."""
     record = {f.name: getattr(job, f.name) for f in fields(job)}
+    record["processes"] = processes
+    record["global_batch_size"] = job.batch_size * job.grad_accum * processes
     record["model"] = resolve_model_reference(job.model)
     record["data"] = _local_path(job.data)
     record["domains"] = _local_path(job.domains)
@@ -131,8 +139,17 @@ def job_record(job: Any) -> dict[str, Any]:
 def job_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``flag: recorded -> now`` for every hyper-parameter a resume would change."""
     out = []
+    old = dict(old)  # job.json of a run started before processes were recorded: one process
+    old.setdefault("global_batch_size", old.get("batch_size", 1) * old.get("grad_accum", 1)
+                   * old.get("processes", 1))
     for name, value in new.items():
-        if name in RESUME_MAY_CHANGE or name == "base_fingerprint" or name not in old:
+        if name in RESUME_MAY_CHANGE or name in _GLOBAL_BATCH_PARTS \
+                or name == "base_fingerprint" or name not in old:
+            continue
+        if name == "global_batch_size":
+            if old[name] != value:
+                out.append(f"global batch (--batch-size x --grad-accum x processes): "
+                           f"{old[name]} -> {value}")
             continue
         if name == "model":
             same = fingerprints_match(old.get("base_fingerprint"), new["base_fingerprint"])

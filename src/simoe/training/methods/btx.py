@@ -16,7 +16,8 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from ...baselines.btx import DEFAULT_SNI_DOMAINS, btx_merge, domain_of
-from ..job import Prepared, total_steps
+from ..distributed import num_processes
+from ..job import Prepared, TrainJob, total_steps
 from ..rundir import METRICS_NAME, MetricsLogger
 from .base import PlainCollator, plain_rows
 from .upcycle import SparseUpcycling
@@ -49,6 +50,12 @@ class BranchTrainMix(SparseUpcycling):
     name = "btx"
     uses = frozenset({"lr", "moe_top_k", "domains"})
     supports_resume = False  # the branches train in memory
+
+    def check(self, job: TrainJob) -> None:
+        super().check(job)
+        if num_processes() > 1:
+            raise ValueError("--method btx trains its branches in one process; run it without "
+                             "accelerate launch (or with one process)")
 
     def build(self, prep: Prepared) -> nn.Module:
         job = prep.job

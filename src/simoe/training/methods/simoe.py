@@ -15,6 +15,7 @@ from ...model import SIMoEModel
 from ...objective import project_to_target
 from ...persistence import live_fraction
 from ...runtime import atomic_write_json
+from ..distributed import is_main, main_first
 from ..job import Prepared, TrainJob, training_arguments
 from ..routing_cache import load_or_compute
 from ..rundir import METRICS_NAME, MetricsLogger
@@ -52,7 +53,7 @@ class SIMoE(Method):
     def build(self, prep: Prepared) -> nn.Module:
         task_ids = prep.task_ids
         self.config = simoe_config(prep.job, len(task_ids) if task_ids else 0)
-        if task_ids:
+        if task_ids and is_main():
             atomic_write_json(prep.output / "task_ids.json", task_ids)
         return SIMoEModel.from_base(prep.base, self.config)
 
@@ -64,9 +65,10 @@ class SIMoE(Method):
             {"input_ids": e.input_ids, "labels": e.labels, "routing_index": e.routing_index,
              **({"task_id": e.task_id} if e.task_id is not None else {})} for e in prep.encoded]
         if job.routing_cache and job.routing == "instance":
-            embeddings = load_or_compute(model, prep.tokenizer, prep.encoded,
-                                         prep.output / "routing_cache",
-                                         batch_size=max(job.batch_size, 8))
+            with main_first():  # computed once, by the main process; the others read it
+                embeddings = load_or_compute(model, prep.tokenizer, prep.encoded,
+                                             prep.output / "routing_cache",
+                                             batch_size=max(job.batch_size, 8))
             for row, emb in zip(rows, embeddings, strict=True):
                 row["routing_embedding"] = emb
         return rows
@@ -108,7 +110,7 @@ class SIMoE(Method):
                       "ortho_form": job.ortho_form,
                       "gate_second_moment": job.gate_second_moment,
                       "gate_beta1": job.gate_beta1,
-                      "live_compaction": job.live_compaction,
+                      "live_compaction": trainer.args.live_compaction,
                       "live_fraction_before_prune": live_before_prune,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
                                    "sparsity_constraint": job.sparsity_constraint,

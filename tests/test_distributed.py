@@ -1,0 +1,102 @@
+"""SIMoE under DDP: `torchrun --nproc_per_node 2` on the CPU (gloo) against one process with the
+same global batch, and a 2-process run resumed on 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SNI_MINI, STORIES, needs_shared
+from simoe.training import TrainJob, train
+
+pytestmark = needs_shared
+
+COMMON = ["--model", str(STORIES), "--data", str(SNI_MINI), "--max-instances-per-task", "2",
+          "--max-source-len", "128", "--max-target-len", "16", "--lr", "1e-3",
+          "--sparsity", "0.5", "--max-steps", "8", "--logging-steps", "1", "--save-steps", "4"]
+GLOBAL_BATCH = 4
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
+    # torchrun: `accelerate launch --cpu` starts one process whatever --num_processes says.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+           "--standalone", "-m", "simoe.cli", "train", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The same 8 steps with a global batch of 4: 2 processes x 2 rows, and 1 process x 4 (its
+    live compaction removes nothing in 8 steps; the 2-process run has it off)."""
+    root = tmp_path_factory.mktemp("ddp")
+    two = _launch([*COMMON, "--output", str(root / "two"), "--batch-size", "2"], 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = train(TrainJob(output=str(root / "one"), model=str(STORIES), data=str(SNI_MINI),
+                         max_instances_per_task=2, max_source_len=128, max_target_len=16,
+                         lr=1e-3, sparsity=0.5, max_steps=8, logging_steps=1, save_steps=4,
+                         batch_size=GLOBAL_BATCH))
+    return root / "two", one, two
+
+
+def test_two_processes_match_one_with_the_same_global_batch(pair):
+    two, one, _ = pair
+    a, b = _metrics(one), _metrics(two)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("loss", "nll", "routing_entropy", "alpha_mean_0"):
+            assert rb[key] == pytest.approx(ra[key], rel=2e-4, abs=1e-5), (ra["step"], key)
+        for key in ("lambda", "sparsity_union", "sparsity_mean", "target"):
+            assert rb[key] == pytest.approx(ra[key], abs=1e-6), (ra["step"], key)
+    assert any(r["lambda"] > 0 for r in a)  # the dual step was exercised
+    sa = json.loads((one / "final_stats.json").read_text())
+    sb = json.loads((two / "final_stats.json").read_text())
+    assert sb["sparsity"]["union"] == pytest.approx(sa["sparsity"]["union"], abs=1e-6)
+    assert sb["parameter_counts"] == sa["parameter_counts"]
+    job = json.loads((two / "job.json").read_text())
+    assert job["processes"] == 2 and job["global_batch_size"] == GLOBAL_BATCH
+
+
+def test_main_process_writes_the_run_once(pair):
+    two, _, proc = pair
+    assert len(list((two / "routing_cache").glob("routing-*.safetensors"))) == 1
+    assert sorted(p.name for p in two.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert (two / "simoe_model.safetensors").is_file()
+    # One metrics row per step (the other process logs nothing).
+    assert len(_metrics(two)) == 8
+    # DDP keeps the parameters it was built with: compaction is switched off, and said so.
+    assert "live compaction is off with 2 processes" in proc.stderr
+    assert json.loads((two / "final_stats.json").read_text())["live_compaction"] is False
+
+
+def test_a_two_process_run_resumes_on_one_process(pair, tmp_path):
+    two, _, _ = pair
+    cut = tmp_path / "cut"
+    shutil.copytree(two, cut)
+    shutil.rmtree(cut / "checkpoint-8")
+    (cut / "final_stats.json").unlink()
+    resumed = train(TrainJob(output=str(cut), model=str(STORIES), data=str(SNI_MINI),
+                             max_instances_per_task=2, max_source_len=128, max_target_len=16,
+                             lr=1e-3, sparsity=0.5, max_steps=8, logging_steps=1, save_steps=4,
+                             batch_size=GLOBAL_BATCH, resume=True))
+    a, b = _metrics(two), _metrics(resumed)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for ra, rb in zip(a[4:], b[4:], strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-4, abs=1e-5), ra["step"]
+        assert rb["lambda"] == pytest.approx(ra["lambda"], abs=1e-6), ra["step"]
+    # Another global batch is refused, naming it.
+    with pytest.raises(ValueError, match="global batch"):
+        train(TrainJob(output=str(cut), model=str(STORIES), data=str(SNI_MINI),
+                       max_instances_per_task=2, max_source_len=128, max_target_len=16,
+                       lr=1e-3, sparsity=0.5, max_steps=8, logging_steps=1, save_steps=4,
+                       batch_size=2, resume=True))

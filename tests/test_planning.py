@@ -1,0 +1,97 @@
+"""`simoe plan`: the meta-device estimate against the same variants built with real tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from conftest import TINY_CONFIGS
+from simoe import SIMoEConfig, SIMoEModel
+from simoe.cli import main
+from simoe.planning import GIB, NAMED_CONFIGS, estimate, load_config, plan
+
+BATCH, SEQ = 2, 12
+
+
+def _config(arch: str = "llama"):
+    spec = dict(TINY_CONFIGS[arch])
+    if arch == "gpt2":  # SDPA with attention dropout takes the math path on CPU (no fused
+        spec["attn_pdrop"] = 0.0  # kernel), which keeps the [T, T] scores the plan leaves out
+    return AutoConfig.for_model(spec.pop("model_type"), **spec)
+
+
+def _real_saved_bytes(model: torch.nn.Module, **kwargs) -> int:
+    """Bytes autograd keeps for one real forward: distinct storages, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    ids = torch.randint(3, 90, (BATCH, SEQ))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids, **kwargs)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_activations_and_parameters_match_real_tensors(arch):
+    config = _config(arch)
+    torch.manual_seed(0)
+    real = AutoModelForCausalLM.from_config(config)
+    full = estimate(config, "full", BATCH, SEQ)
+    assert full.activations == _real_saved_bytes(real)
+    n = sum(p.numel() for p in real.parameters())
+    assert (full.weights, full.gradients, full.optimizer) == (4 * n, 4 * n, 8 * n)
+
+    simoe = SIMoEModel.from_base(AutoModelForCausalLM.from_config(config), SIMoEConfig())
+    est = estimate(config, "simoe", BATCH, SEQ)
+    emb = torch.randn(BATCH, config.get_text_config().hidden_size)
+    assert est.activations == _real_saved_bytes(simoe, routing_embedding=emb)
+    trainable = simoe.parameter_counts()["trainable"]
+    assert est.trainable_params == trainable
+    assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable
+
+
+def test_compaction_fsdp_and_ddp_change_what_they_should():
+    config = _config()
+    init = estimate(config, "simoe", BATCH, SEQ)
+    compacted = estimate(config, "simoe_compacted", BATCH, SEQ, sparsity=0.75)
+    counts = SIMoEModel.from_base(AutoModelForCausalLM.from_config(config)).parameter_counts()
+    removed = init.trainable_params - compacted.trainable_params
+    assert 0.7 < removed / (counts["delta"] + counts["gates"]) < 0.8  # 75% of the columns
+    assert compacted.total < init.total
+    ddp = estimate(config, "full", BATCH, SEQ, devices=4, strategy="ddp")
+    one = estimate(config, "full", BATCH, SEQ)
+    assert ddp.buffers == one.gradients and ddp.weights == one.weights
+    fsdp = estimate(config, "full", BATCH, SEQ, devices=4, strategy="fsdp")
+    assert fsdp.weights == -(-one.weights // 4) and fsdp.optimizer == -(-one.optimizer // 4)
+    assert fsdp.activations == one.activations and fsdp.buffers > 0
+    upcycle = estimate(config, "upcycle", BATCH, SEQ)
+    assert upcycle.weights > 2 * one.weights  # 4 copies of every FFN
+    assert upcycle.activations > one.activations  # the FFN runs top-2 times per token
+
+
+def test_named_configs_plan_every_variant():
+    assert {"llama-3.2-3b", "llama-3-8b"} <= set(NAMED_CONFIGS)
+    assert load_config("llama-3-8b").num_hidden_layers == 32
+    rows = plan("smollm2-135m", batch=1, seq=16)
+    assert [r.variant for r in rows] == ["full", "lora", "upcycle", "simoe", "simoe_compacted"]
+    full = rows[0]
+    assert 130e6 < full.trainable_params < 140e6  # SmolLM2-135M
+    assert all(0 < r.total < 20 * GIB for r in rows)
+
+
+def test_cli_prints_a_table_and_refuses_bad_input(capsys, tmp_path):
+    assert main(["plan", "--model", "smollm2-135m", "--batch", "1", "--seq", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "| simoe_compacted |" in out and "vs full" in out
+    assert main(["plan", "--model", str(tmp_path / "nope.gguf")]) == 2
+    assert "no such GGUF file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--model", "smollm2-135m", "--sparsity", "1.5"])
+    assert exit_.value.code == 2
