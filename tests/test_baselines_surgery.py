@@ -348,3 +348,24 @@ def test_router_losses_differentiable_and_checked() -> None:
         load_balancing_loss(LOGITS, 4, 2, torch.ones(2, 4))
     with pytest.raises(ValueError, match="output_router_logits"):
         router_z_loss(())
+
+
+def test_btx_groups_the_full_sni_split_into_its_domains_not_sni_topics() -> None:
+    """The full train split has categories the map lacks; their SNI topic ("Animals", ...) must
+    not become a BTX expert: they go to the fallback domain."""
+    from types import SimpleNamespace
+
+    from simoe.data.records import Example
+    from simoe.training.methods.btx import domains
+
+    examples = [Example("p", "c", category="Sentiment Analysis", domain="Books"),
+                Example("p", "c", category="Story Composition", domain="Animals"),
+                Example("p", "c", domain="my_domain"), Example("p", "c")]
+    groups = domains(SimpleNamespace(job=SimpleNamespace(domains=None), examples=examples))
+    assert groups == {"classification": [0], FALLBACK_DOMAIN: [1, 3], "my_domain": [2]}
+    sni = SNI_MINI.parent / "sni"
+    if (sni / "categories.json").is_file():
+        categories = json.loads((sni / "categories.json").read_text())
+        train = (sni / "splits" / "train_tasks.txt").read_text().split()
+        found = {domain_of(categories[t]) for t in train if t in categories}
+        assert found <= set(DEFAULT_SNI_DOMAINS.values()) | {FALLBACK_DOMAIN}

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from ...baselines.btx import DEFAULT_SNI_DOMAINS, btx_merge, domain_of
+from ...baselines.btx import DEFAULT_SNI_DOMAINS, FALLBACK_DOMAIN, btx_merge, domain_of
 from ..distributed import num_processes
 from ..job import Prepared, TrainJob, total_steps
 from ..rundir import METRICS_NAME, MetricsLogger
@@ -32,12 +32,14 @@ def domains(prep: Prepared) -> dict[str, list[int]]:
         mapping = json.loads(Path(prep.job.domains).read_text())
     groups: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(prep.examples):
-        # The category map wins where it knows the category (SNI's own "Domains" field names
-        # topics, not BTX training domains); else the record's domain; else the fallback.
-        if ex.category and ex.category in mapping:
-            domain = mapping[ex.category]
+        # A record with a category (SNI) is placed by the category map, unknown categories in
+        # the fallback domain: SNI's own "Domains" field names topics ("Animals", "Books"),
+        # dozens of them, not BTX training domains. A record without a category (JSONL) uses
+        # its own domain field, else the fallback.
+        if ex.category:
+            domain = domain_of(ex.category, mapping)
         else:
-            domain = ex.domain or domain_of(ex.category or "", mapping)
+            domain = ex.domain or FALLBACK_DOMAIN
         groups[domain].append(i)
     return dict(sorted(groups.items()))
 
