@@ -1,5 +1,5 @@
 """SIMoE under DDP: `torchrun --nproc_per_node 2` on the CPU (gloo) against one process with the
-same global batch, and a 2-process run resumed on 1 process."""
+same global batch, and a run resumed with the other number of processes (2 -> 1, 1 -> 2)."""
 
 from __future__ import annotations
 
@@ -100,3 +100,21 @@ def test_a_two_process_run_resumes_on_one_process(pair, tmp_path):
                        max_instances_per_task=2, max_source_len=128, max_target_len=16,
                        lr=1e-3, sparsity=0.5, max_steps=8, logging_steps=1, save_steps=4,
                        batch_size=2, resume=True))
+
+
+def test_a_one_process_run_resumes_on_two_processes(pair, tmp_path):
+    _, one, _ = pair
+    cut = tmp_path / "cut"
+    shutil.copytree(one, cut)
+    shutil.rmtree(cut / "checkpoint-8")
+    (cut / "final_stats.json").unlink()
+    proc = _launch([*COMMON, "--output", str(cut), "--batch-size", "2", "--resume"], 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _metrics(one), _metrics(cut)
+    assert [r["step"] for r in b] == list(range(1, 9))
+    for ra, rb in zip(a[4:], b[4:], strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-4, abs=1e-5), ra["step"]
+        assert rb["lambda"] == pytest.approx(ra["lambda"], abs=1e-6), ra["step"]
+        assert rb["sparsity_union"] == pytest.approx(ra["sparsity_union"], abs=1e-6), ra["step"]
+    job = json.loads((cut / "job.json").read_text())
+    assert job["processes"] == 2 and job["global_batch_size"] == GLOBAL_BATCH
