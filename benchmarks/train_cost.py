@@ -18,7 +18,10 @@ under ``torch.autocast(bf16)`` as the Trainer's ``bf16=True``). A step: forward 
 regulariser and after-step callbacks (clamp, dual step, compaction) are not in it.
 Step times: all variants built in this process, one warm-up step each, interleaved rounds,
 median. Peak memory: one process per variant (``--worker``), minus the loaded base (RSS, or
-CUDA allocated); the upcycled model drops its dense source, as it no longer needs it.
+CUDA allocated); the upcycled model drops its dense source, as it no longer needs it. On the CPU
+the worker also counts the tensors themselves (``TensorPeak``: every storage alive during the
+second step, the analogue of ``torch.cuda.max_memory_allocated``), which is what `simoe plan`
+estimates; RSS adds the allocator's slack on top.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from simoe.baselines.moe_losses import ROUTER_Z_LOSS_COEF, router_z_loss
 from simoe.loading import load_base_model
 from simoe.persistence import live_fraction
-from simoe.runtime import peak_memory_mb, reset_peak_memory
+from simoe.runtime import TensorPeak, peak_memory_mb, reset_peak_memory
 from simoe.training import TrainJob, get_method
 from simoe.training.compaction import compact
 from simoe.training.optimizer import SIMoEAdamW
@@ -157,6 +160,7 @@ def build(name: str, base: torch.nn.Module, args: argparse.Namespace, batch: dic
             if method == "upcycle":  # as MoETrainer.compute_loss
                 loss = loss + ROUTER_Z_LOSS_COEF * router_z_loss(out.router_logits,
                                                                  batch["attention_mask"])
+            del out  # the Trainer keeps only the loss (the logits are freed before backward)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -183,10 +187,22 @@ def worker(args: argparse.Namespace) -> None:
     base = load_base(args, variant_dtype(name, args))
     batch = make_batch(args, base.config.vocab_size)
     base_mb = torch.cuda.memory_allocated() / 2**20 if args.device == "cuda" else rss_mb()
+    base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     reset_peak_memory()
     step, info = build(name, base, args, batch)
     del base  # held by the variant, except the upcycled Mixtral's dense source
-    for _ in range(2):
+    step()
+    if args.device == "cpu":  # the second step, its tensors counted
+        cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__),
+                         strict=True))
+        model, opt = cells["model"], cells["opt"]
+        start = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None),
+                 *(v for s in opt.state.values() for v in s.values()
+                   if isinstance(v, torch.Tensor))]
+        with TensorPeak(start) as counted:
+            step()
+        info["tensor_method_mb"] = (counted.peak - base_bytes) / 2**20
+    else:
         step()
     peak = peak_memory_mb()
     print(json.dumps({"variant": name, "base_mb": base_mb, "peak_mb": peak,
@@ -230,24 +246,30 @@ def measure_times(names: list[str], args: argparse.Namespace) -> dict:
 
 
 def plan_check(rows: dict, names: list[str], args: argparse.Namespace) -> dict:
-    """`simoe plan`'s estimate of each variant's method memory (its total minus the base's
-    weights, as ``method_mb`` is measured) and its error against the measurement."""
+    """`simoe plan`'s estimate of each variant's method memory (its peak minus the base's
+    weights, as the measurements are taken) against the tensors counted in the worker (what
+    the plan estimates; the acceptance is 20%) and against RSS (which adds glibc's slack)."""
     from simoe.planning import estimate, load_config
 
     config = random_config(args) if args.random_config else load_config(args.model)
     out = {}
     for name in names:
-        measured = rows[name]["memory"].get("method_mb")
+        memory = rows[name]["memory"]
         dtype = variant_dtype(name, args)
         variant = "simoe" if name == "simoe_bf16" else name
         est = estimate(config, variant, args.batch, args.seq, dtype=dtype)
         base_bytes = estimate(config, "full", 1, 1, dtype=dtype).weights
         mb = (est.total - base_bytes) / 2**20
-        error = ratio(mb, measured) - 1 if measured else None
-        out[name] = {"plan_method_mb": mb, "measured_method_mb": measured, "error": error}
-        pct = fmt(100 * error if error is not None else None, "+.0f")
-        print(f"plan {name}: {mb:.0f} MB estimated vs {fmt(measured, '.0f')} MB measured "
-              f"({pct}%)")
+        tensors, rss = memory.get("tensor_method_mb"), memory.get("method_mb")
+        out[name] = {"plan_method_mb": mb, "measured_tensor_mb": tensors,
+                     "measured_method_mb": rss,
+                     "error_vs_tensors": ratio(mb, tensors) - 1 if tensors else None,
+                     "error_vs_rss": ratio(mb, rss) - 1 if rss else None}
+        pct = {k: fmt(100 * v if v is not None else None, "+.0f")
+               for k, v in out[name].items() if k.startswith("error")}
+        print(f"plan {name}: {mb:.0f} MB estimated vs {fmt(tensors, '.0f')} MB of tensors "
+              f"({pct['error_vs_tensors']}%) and {fmt(rss, '.0f')} MB of RSS "
+              f"({pct['error_vs_rss']}%)")
     return out
 
 
@@ -282,14 +304,18 @@ def report(rows: dict, names: list[str]) -> None:
     """The markdown table (ratios to full FT stored in ``rows``) and the bf16-vs-fp32 line."""
     full = rows.get("full", {})
     full_mb = full.get("memory", {}).get("method_mb")
-    print("| variant | step (ms) | × full | method MB | × full | peak MB | base MB | live |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | step (ms) | × full | method MB | × full | tensors MB | × full | peak MB "
+          "| base MB | live |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    full_t = full.get("memory", {}).get("tensor_method_mb")
     for name in names:
         r, m = rows[name], rows[name]["memory"]
         r["step_ratio_to_full"] = ratio(r["step_s"], full.get("step_s"))
         r["memory_ratio_to_full"] = ratio(m.get("method_mb"), full_mb)
+        r["tensor_ratio_to_full"] = ratio(m.get("tensor_method_mb"), full_t)
         cells = [f"{r['step_s'] * 1e3:.1f}", fmt(r["step_ratio_to_full"], ".2f"),
                  fmt(m.get("method_mb"), ".0f"), fmt(r["memory_ratio_to_full"], ".2f"),
+                 fmt(m.get("tensor_method_mb"), ".0f"), fmt(r["tensor_ratio_to_full"], ".2f"),
                  fmt(m.get("peak_mb"), ".0f"), fmt(m.get("base_mb"), ".0f"),
                  fmt(r.get("live_fraction"), ".2f")]
         print(f"| {name} | " + " | ".join(cells) + " |" + (f" {m['error']}" if "error" in m

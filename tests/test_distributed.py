@@ -118,3 +118,26 @@ def test_a_one_process_run_resumes_on_two_processes(pair, tmp_path):
         assert rb["sparsity_union"] == pytest.approx(ra["sparsity_union"], abs=1e-6), ra["step"]
     job = json.loads((cut / "job.json").read_text())
     assert job["processes"] == 2 and job["global_batch_size"] == GLOBAL_BATCH
+
+
+def test_bf16_under_ddp_matches_one_process_and_keeps_simoe_fp32(tmp_path):
+    """--bf16 (bf16 base, autocast) on 2 processes x 2 rows against 1 process x 4: the same
+    losses to bf16's precision, and the deltas, gates and router stay fp32."""
+    from safetensors import safe_open
+
+    two = tmp_path / "two"
+    proc = _launch([*COMMON[:-4], "--max-steps", "4", "--logging-steps", "1", "--save-steps",
+                    "4", "--output", str(two), "--batch-size", "2", "--bf16"], 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = train(TrainJob(output=str(tmp_path / "one"), model=str(STORIES), data=str(SNI_MINI),
+                         max_instances_per_task=2, max_source_len=128, max_target_len=16,
+                         lr=1e-3, sparsity=0.5, max_steps=4, logging_steps=1, save_steps=4,
+                         batch_size=GLOBAL_BATCH, bf16=True))
+    a, b = _metrics(one), _metrics(two)
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-2), ra["step"]
+        assert rb["sparsity_union"] == pytest.approx(ra["sparsity_union"], abs=1e-2), ra["step"]
+    with safe_open(str(two / "simoe_model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys() if "live_idx" not in k}
+    assert dtypes == {"F32"}

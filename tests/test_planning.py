@@ -10,6 +10,7 @@ from conftest import TINY_CONFIGS
 from simoe import SIMoEConfig, SIMoEModel
 from simoe.cli import main
 from simoe.planning import GIB, NAMED_CONFIGS, estimate, load_config, plan
+from simoe.runtime import TensorPeak
 
 BATCH, SEQ = 2, 12
 
@@ -55,6 +56,45 @@ def test_activations_and_parameters_match_real_tensors(arch):
     trainable = simoe.parameter_counts()["trainable"]
     assert est.trainable_params == trainable
     assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable
+
+
+def _measured_peak(model: torch.nn.Module, batch: int, seq: int, **kwargs) -> int:
+    """Tensor bytes at the peak of a real second training step (AdamW, all trainable)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params)
+    ids = torch.randint(3, 90, (batch, seq))
+
+    def step():
+        model(input_ids=ids, labels=ids, **kwargs).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # creates Adam's moments
+    moments = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    with TensorPeak([*model.parameters(), *moments]) as counted:
+        step()
+    return counted.peak
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("variant", ["full", "lora", "simoe"])
+def test_the_peak_matches_a_real_step(arch, variant):
+    """Weights + Adam + max(activations + the loss's backward, gradients) against the tensors
+    alive at the peak of a real step (counted independently, storage by storage)."""
+    config, batch, seq = _config(arch), 4, 64
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    kwargs = {}
+    if variant == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    elif variant == "simoe":
+        model = SIMoEModel.from_base(model, SIMoEConfig())
+        kwargs["routing_embedding"] = torch.randn(batch, config.get_text_config().hidden_size)
+    est = estimate(config, variant, batch, seq)
+    assert est.total == pytest.approx(_measured_peak(model, batch, seq, **kwargs), rel=0.02)
 
 
 def test_compaction_fsdp_and_ddp_change_what_they_should():

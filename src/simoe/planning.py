@@ -6,14 +6,20 @@ full fine-tuning, LoRA (PEFT, r 16, all linear), sparse upcycling (the Mixtral s
 runs on meta tensors under ``saved_tensors_hooks``; what autograd keeps for backward (each
 tensor counted once, parameters excluded) is the activation memory. Per device:
 
-    weights (every parameter, its dtype) + gradients (trainable) + Adam's two moments
-    (trainable) + activations (the per-device batch) [+ a gradient-sized bucket under DDP]
+    weights (every parameter, its dtype) + Adam's two moments (trainable)
+    + max(activations + loss transient, gradients) [+ a gradient-sized bucket under DDP]
+
+The loss transient is the cross-entropy's backward: the fp32 gradients of the log-probabilities
+and of the logits, 2 x batch x seq x vocab x 4 bytes (plus the logits' own dtype when it is not
+fp32). Backward releases the activations as it allocates the gradients, so the peak is the
+larger of the two ends: all activations at its start, all gradients at its end.
 
 FSDP shards weights, gradients and moments over the devices and gathers one decoder layer's
 weights at a time. Sparse upcycling's expert dispatch is data-dependent and cannot run on meta
 tensors: its activations are the dense model's with the FFN part counted top-k times.
-What this leaves out: allocator fragmentation and backward's transient buffers, the CUDA
-context and kernels' workspaces (about 0.3-1 GiB on a GPU).
+The estimate counts tensors, as ``torch.cuda.max_memory_allocated`` does; it leaves out the
+allocator's slack (CUDA's reserved-but-free blocks; on the CPU glibc's RSS ran 30-75% above the
+tensors at 135M), the CUDA context and kernels' workspaces (about 0.3-1 GiB on a GPU).
 """
 
 from __future__ import annotations
@@ -66,12 +72,16 @@ class Estimate:
     gradients: int
     optimizer: int
     activations: int
+    loss_transient: int
     buffers: int
     trainable_params: int
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.buffers
+        """The peak: gradients replace the activations (and the loss's backward) as backward
+        runs, so the larger of the two counts."""
+        return (self.weights + self.optimizer + self.buffers
+                + max(self.activations + self.loss_transient, self.gradients))
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "total": self.total}
@@ -249,7 +259,10 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
     elif devices > 1:  # FSDP: shards, plus one layer's weights gathered at a time
         weights, grads, optimizer = (-(-x // devices) for x in (weights, grads, optimizer))
         buffers = 2 * _largest_layer(model)
-    return Estimate(variant, weights, grads, optimizer, activations, buffers,
+    vocab = config.get_text_config().vocab_size
+    size = torch.empty((), dtype=dtype).element_size()
+    transient = batch * seq * vocab * (8 + (size if dtype != torch.float32 else 0))
+    return Estimate(variant, weights, grads, optimizer, activations, transient, buffers,
                     sum(p.numel() for p in trainable))
 
 
@@ -264,13 +277,14 @@ def plan(name_or_path: str, batch: int = 4, seq: int = 256, devices: int = 1,
 
 
 def format_plan(rows: list[Estimate]) -> str:
-    """A markdown table in GiB with each variant's ratio to full fine-tuning."""
+    """A markdown table in GiB with each variant's ratio to full fine-tuning (peak = weights +
+    Adam + buffers + max(activations + loss bwd, grads))."""
     full = next((r.total for r in rows if r.variant == "full"), None)
-    lines = ["| variant | weights | grads | Adam | activations | buffers | total GiB | vs full |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | weights | grads | Adam | activations | loss bwd | buffers | peak GiB "
+             "| vs full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r.total / full:.2f}" if full else "-"
-        cells = [f"{x / GIB:.2f}" for x in (r.weights, r.gradients, r.optimizer,
-                                             r.activations, r.buffers, r.total)]
+        cells = [f"{x / GIB:.2f}" for x in (r.weights, r.gradients, r.optimizer, r.activations,
+                                             r.loss_transient, r.buffers, r.total)]
         lines.append(f"| {r.variant} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)

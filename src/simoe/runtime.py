@@ -1,5 +1,5 @@
 """Small run-time helpers shared by training and evaluation: atomic files, model limits,
-peak memory."""
+peak memory (the process's, and the tensors' own)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import os
 import resource
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +107,37 @@ def peak_memory_mb() -> float:
                 return int(line.split()[1]) / 2**10
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+class TensorPeak(TorchDispatchMode):
+    """Peak bytes of the tensor storages alive while the block runs: every storage an operator
+    returns, counted once (views share it) until it is freed -- what an allocator without slack
+    would need, the CPU's analogue of ``torch.cuda.max_memory_allocated``. ``start``: tensors
+    that exist before the block (weights, gradients, optimizer moments)."""
+
+    def __init__(self, start: list[torch.Tensor] = ()) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = self.peak = 0
+        for t in start:
+            self._add(t)
+
+    def _free(self, ptr: int) -> None:
+        self.current -= self.live.pop(ptr, 0)
+
+    def _add(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if not ptr or ptr in self.live:
+            return
+        self.live[ptr] = storage.nbytes()
+        self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, ptr)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments, set_seed
+from transformers.utils import is_torch_bf16_gpu_available
 
 from ..data import DataError, build_task_ids, encode_examples, load_examples
 from ..loading import load_base_model, load_tokenizer
@@ -135,6 +136,8 @@ def training_arguments(job: TrainJob, output: Path, cls: type = TrainingArgument
         save_total_limit=2, seed=job.seed, data_seed=job.seed, bf16=job.bf16,
         activation_checkpointing=job.gradient_checkpointing, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0)
+    if job.bf16 and not is_torch_bf16_gpu_available():
+        kwargs["use_cpu"] = True  # bf16 autocast on the CPU: transformers asks for it explicitly
     kwargs.update(job.extra_args)
     kwargs.update(overrides)
     return cls(**kwargs)
