@@ -400,6 +400,27 @@ def test_token_routing_forward_and_generate_agree():
         assert logits[0, -1].argmax() == gen[0, t]
 
 
+def test_token_routing_decodes_with_a_kv_cache_exactly():
+    """Token routing with KV caches (the SIMoE model's and the routing pass's) gives the same
+    scores as re-running both passes over the whole prefix at every step (left padding)."""
+    base = tiny_model("llama")
+    ids, mask = _batch(base.config.vocab_size)
+    mask[0, :3] = 0  # left padding in the first row
+    model = SIMoEModel.from_base(base, SIMoEConfig(num_experts=3, routing="token"))
+    _randomize(model, scale=0.05)
+    seen = []
+    model.base_model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
+              return_dict_in_generate=True)
+    cached = model.generate(ids, **kw)
+    assert seen[1:] == [1] * 5  # incremental: one new token per step
+    full = model.generate(ids, use_cache=False, **kw)
+    assert torch.equal(cached.sequences, full.sequences)
+    for a, b in zip(cached.scores, full.scores, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_task_routing_uses_task_ids():
     base = tiny_model("llama")
     ids, mask = _batch(base.config.vocab_size)

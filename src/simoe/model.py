@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,28 +242,58 @@ class SIMoEModel(nn.Module):
                  routing_embedding: torch.Tensor | None = None, alpha: torch.Tensor | None = None,
                  task_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """transformers' generate with alpha fixed by routing once on the prompt (last non-pad
-        token). Token routing re-routes every step and therefore decodes without a KV cache."""
+        token). Token routing re-routes every step: before each forward the frozen base runs
+        over that step's new tokens with its own KV cache (the routing pass), so both passes
+        decode incrementally."""
         self._check_not_merged()
         if self.simoe_config.routing != "token" or alpha is not None:
             self.state.alpha = self.route(input_ids, attention_mask, None, None,
                                           routing_embedding, alpha, task_ids)
             return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                             **kwargs)
-
-        def reroute(_module: nn.Module, args: tuple, kw: dict) -> None:
-            ids = kw.get("input_ids", args[0] if args else None)
-            self.state.alpha = self.route(ids, kw.get("attention_mask"))
-
         if routing_embedding is not None or task_ids is not None:
             raise ValueError("token routing re-routes every step from the tokens; it takes no "
                              "routing_embedding or task_ids (pass alpha to fix the mixture)")
-        kwargs.pop("use_cache", None)
+        caches: dict[str, Any] = {}
+
+        def reroute(_module: nn.Module, args: tuple, kw: dict) -> None:
+            ids = kw.get("input_ids", args[0] if args else None)
+            self.state.alpha = self.router(self._token_routing_pass(ids, kw, caches))
+
         handle = self.base_model.register_forward_pre_hook(reroute, with_kwargs=True)
         try:
             return self.base_model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                            use_cache=False, **kwargs)
+                                            **kwargs)
         finally:
             handle.remove()
+
+    def _token_routing_pass(self, ids: torch.Tensor, kw: dict, caches: dict) -> torch.Tensor:
+        """The frozen base's last hidden states ([B, T_new, H]) for one generation step's new
+        tokens, with the same mask and positions as the step, continuing its own KV cache
+        (``caches["routing"]``, restarted with the step's cache: a new generate call)."""
+        from transformers import DynamicCache
+
+        step_cache = kw.get("cache", kw.get("past_key_values"))  # transformers >= 5.x: cache
+        cached = step_cache is not None and step_cache.get_seq_length() > 0
+        if not cached or "routing" not in caches:
+            caches["routing"] = DynamicCache(config=self.base_model.config) if kw.get(
+                "use_cache", True) else None
+        mask, positions = kw.get("attention_mask"), kw.get("position_ids")
+        if positions is None and mask is not None:
+            positions = position_ids_from_mask(mask)[:, -ids.shape[1]:]
+        extra = {k: v for k, v in (("attention_mask", mask), ("position_ids", positions),
+                                   ("cache_position", kw.get("cache_position")))
+                 if v is not None}
+        body = self.base_model.base_model
+        routing_cache = caches["routing"]
+        name = "cache" if "cache" in inspect.signature(body.forward).parameters \
+            else "past_key_values"
+        extra[name] = routing_cache
+        was_enabled, self.state.enabled = self.state.enabled, False
+        try:
+            return body(input_ids=ids, use_cache=routing_cache is not None, **extra)[0]
+        finally:
+            self.state.enabled = was_enabled
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
                                         **kwargs: Any) -> None:
