@@ -342,7 +342,9 @@ class SIMoEModel(nn.Module):
         """Load :meth:`simoe_state_dict` output (possibly pruned) with shape checks."""
         persistence.load_simoe_state_dict(self, state)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically."""
+    def save_pretrained(self, directory: str | os.PathLike,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically
+        (``state_dict``: a :meth:`simoe_state_dict` already taken, e.g. gathered under FSDP)."""
         self._check_not_merged()
-        persistence.save_simoe(self, directory)
+        persistence.save_simoe(self, directory, state_dict)

@@ -35,7 +35,9 @@ def simoe_state_dict(model: Any) -> dict[str, torch.Tensor]:
         state[f"{name}.log_alpha"] = gd.log_alpha.detach()
     for key, value in model.router.state_dict().items():
         state[f"router.{key}"] = value
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    # Under FSDP2 a parameter is this process's shard: gathered whole (every process calls).
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().contiguous()
+            for k, v in state.items()}
 
 
 def load_simoe_state_dict(model: Any, state: dict[str, torch.Tensor]) -> None:
@@ -61,11 +63,13 @@ def load_simoe_state_dict(model: Any, state: dict[str, torch.Tensor]) -> None:
                          "checkpoint made for a base model of another shape?") from err
 
 
-def save_simoe(model: Any, directory: str | os.PathLike) -> None:
-    """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically."""
+def save_simoe(model: Any, directory: str | os.PathLike,
+               tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write simoe_config.json and simoe_model.safetensors (no pickle), each atomically;
+    ``tensors``: a :func:`simoe_state_dict` already taken (gathered under FSDP)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = simoe_state_dict(model)
+    tensors = simoe_state_dict(model) if tensors is None else tensors
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:

@@ -1,5 +1,7 @@
 """What `train(job)` needs from several processes (``accelerate launch``, ``torchrun``): who
-writes files, who waits, and a value or an error computed once on the main process for all.
+writes files, who waits, a value or an error computed once on the main process for all, and,
+under FSDP2, the gates whole where the objective reads them and the model whole where it is
+saved.
 
 One process (plain ``simoe train``) needs no process group: every helper is then a plain call.
 """
@@ -15,6 +17,13 @@ import torch
 import torch.distributed as dist
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5
+    from torch.distributed._tensor import DTensor
+
+from ..gates import gate
 
 T = TypeVar("T")
 
@@ -78,3 +87,49 @@ def on_main(fn: Callable[[], T]) -> T:
     if isinstance(box[0], _Raised):
         raise box[0].type(*box[0].args)
     return box[0]
+
+
+# ---------------------------------------------------------------------- FSDP2
+class FullGates:
+    """A GatedDelta whose gate logits FSDP may hold as shards, seen whole: ``log_alpha`` is the
+    all-gathered tensor (differentiable: the regulariser's gradient, the same on every process,
+    reaches each process's own shard), or the unsharded parameter itself where FSDP kept the
+    unit whole after its forward (its gradient is then averaged with the rest); every other
+    attribute is the module's."""
+
+    def __init__(self, gated_delta: Any) -> None:
+        self._gd = gated_delta
+        la = gated_delta.log_alpha  # a unit left unsharded after its forward holds it whole
+        self.log_alpha = la.full_tensor() if isinstance(la, DTensor) else la
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401
+        return getattr(self._gd, name)
+
+    @property
+    def num_live(self) -> int:
+        return self.log_alpha.shape[1]
+
+    def gates(self, training: bool = False) -> torch.Tensor:
+        return gate(self.log_alpha, self._gd.mode, training, self._gd.straight_through)
+
+
+def full_gates(gated: list) -> list:
+    """``gated`` itself, or under FSDP2 (DTensor gate logits) each one gathered whole: what the
+    objective, the dual step and the vital signs read outside the forward. Collective."""
+    if not any(isinstance(gd.log_alpha, DTensor) for gd in gated):
+        return gated
+    return [FullGates(gd) for gd in gated]
+
+
+def gather_parameters(modules: Iterator[torch.nn.Module] | list[torch.nn.Module]) -> None:
+    """Replace every DTensor parameter of ``modules`` (not their children) by a plain
+    parameter holding it whole, on every process (collective): after training, so that the
+    final pruning and saving see whole tensors. The model cannot train under FSDP afterwards."""
+    whole: dict[int, torch.nn.Parameter] = {}  # tied parameters stay tied
+    for module in modules:
+        for name, param in list(module.named_parameters(recurse=False)):
+            if isinstance(param, DTensor):
+                if id(param) not in whole:
+                    whole[id(param)] = torch.nn.Parameter(param.full_tensor().detach(),
+                                                          requires_grad=param.requires_grad)
+                setattr(module, name, whole[id(param)])

@@ -62,19 +62,17 @@ class SIMoEAdamW(torch.optim.Optimizer):
                     continue
                 g = p.grad.float()
                 state = self.state[p]
-                if not state:
+                g2 = g * g
+                if row and p.dim() > 0:
+                    g2 = g2.mean(dim=-1, keepdim=True)
+                if not state:  # zeros_like: a DTensor's moments are DTensors sharded alike
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    shape = (*p.shape[:-1], 1) if row and p.dim() > 0 else p.shape
-                    state["exp_avg_sq"] = torch.zeros(shape, dtype=torch.float32,
-                                                      device=p.device)
+                    state["exp_avg_sq"] = torch.zeros_like(g2)
                 state["step"] += 1
                 t = float(state["step"])
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(g, 1 - b1)
-                g2 = g * g
-                if row and p.dim() > 0:
-                    g2 = g2.mean(dim=-1, keepdim=True)
                 v.mul_(b2).add_(g2, alpha=1 - b2)
                 if wd:
                     p.mul_(1 - lr * wd)

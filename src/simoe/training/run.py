@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..loading import resolve_model_reference
 from ..runtime import atomic_write_json, check_output_dir, peak_memory_mb
-from .distributed import is_main, num_processes, on_main, wait_for_everyone
+from .distributed import gather_parameters, is_main, num_processes, on_main, wait_for_everyone
 from .job import Prepared, TrainJob, prepare
 from .methods import get_method, unused_settings
 from .rundir import FINAL_STATS_NAME, auto_resume, claim, write_job
@@ -68,6 +70,9 @@ def train(job: TrainJob) -> Path:
             run.clean_up()
         raise
     result = trainer.train(resume_from_checkpoint=prep.checkpoint)
+    if getattr(trainer, "is_fsdp_enabled", False):  # FSDP2: the trained state whole, to save
+        with torch.no_grad():
+            gather_parameters(model.modules())
     path = on_main(lambda: finish(prep, method.name, trainer.state.global_step,
                                   result.training_loss, method.save(prep, model, trainer)))
     wait_for_everyone()

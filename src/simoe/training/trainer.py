@@ -32,6 +32,7 @@ from ..objective import (
 )
 from ..persistence import live_fraction
 from .compaction import DEFAULT_MARGIN, compact
+from .distributed import full_gates, wait_for_everyone
 from .optimizer import SECOND_MOMENTS, SIMoEAdamW
 
 TRAINER_STATE_NAME = "simoe_trainer_state.json"
@@ -114,7 +115,7 @@ class _DualAscent(TrainerCallback):
         if t._simoe().simoe_config.gate_mode != "free":
             clamp_log_alpha_(t.gated())
         if t.args.sparsity_constraint:
-            measured = measured_constraint(t.gated(), t.args.constraint)
+            measured = measured_constraint(t.full_gated(), t.args.constraint)
             t.lagrangian.update(measured, t.target(state.global_step))
             if t.args.live_compaction:
                 t.compacted += compact(t.gated(), t.optimizer, t.args.compact_margin)
@@ -134,10 +135,9 @@ class SIMoETrainer(Trainer):
             raise ValueError("gate_mode='free' masks are real values without sparsity: train them "
                              "with sparsity_constraint=False (ablation c)")
         super().__init__(model=model, args=args, **kwargs)
-        if self.is_fsdp_enabled:
-            raise ValueError("SIMoE does not support FSDP yet: the regulariser and the dual step "
-                             "read every gate outside the forward, where FSDP holds a shard. "
-                             "Use DDP (accelerate launch --multi_gpu)")
+        if self.is_fsdp_enabled and self.accelerator.state.fsdp_plugin.fsdp_version != 2:
+            raise ValueError("SIMoE trains under FSDP2 only (accelerate launch --use_fsdp "
+                             "--fsdp_version 2): FSDP1's flat parameters hide the gates")
         tau, m = model.simoe_config.target_sparsity, model.simoe_config.num_experts
         band = args.sparsity_band
         self.lagrangian = Lagrangian.per_expert(tau, args.lambda_learning_rate, m, band) \
@@ -155,7 +155,12 @@ class SIMoETrainer(Trainer):
         self.compacted = 0  # parameters removed by live compaction in this process
 
     def gated(self) -> list:
+        """The GatedDelta modules (under FSDP2 their parameters are this process's shards)."""
         return [gd for _, gd in self._simoe().gated_deltas()]
+
+    def full_gated(self) -> list:
+        """The gates whole on every process (gathered under FSDP2; collective)."""
+        return full_gates(self.gated())
 
     def _simoe(self) -> SIMoEModel:
         return self.accelerator.unwrap_model(self.model)
@@ -201,7 +206,7 @@ class SIMoETrainer(Trainer):
         closed first (the rich-get-richer collapse of wave 1). The off-diagonal orthogonality
         weights the pair (i, j) by w_i w_j for the same reason.
         """
-        model, gated = self._simoe(), self.gated()
+        model, gated = self._simoe(), self.full_gated()
         cfg, args = model.simoe_config, self.args
         device, m = gated[0].log_alpha.device, cfg.num_experts
         weights = mean_alpha = None
@@ -303,7 +308,8 @@ class SIMoETrainer(Trainer):
         """NLL, orthogonality, lambda, sparsity (mean/union/per expert), routing entropy and
         mean alpha per expert since the last log."""
         a, self._acc = self._reduce_accumulated(self._acc), {}
-        sparsity = measured_sparsity(self.gated())
+        gated = self.full_gated()
+        sparsity = measured_sparsity(gated)
         lams = self.lagrangian.multipliers
         out: dict[str, float] = {
             "lambda": max(lams, key=abs),
@@ -312,7 +318,7 @@ class SIMoETrainer(Trainer):
             "sparsity_mean": sparsity["mean"],
             "sparsity_union": sparsity["union"],
             "expected_sparsity_union": getattr(self, "_last_expected", math.nan),
-            "live_fraction": live_fraction(self.gated()),
+            "live_fraction": live_fraction(gated),
         }
         for i, s in enumerate(sparsity["per_expert"]):
             out[f"sparsity_expert_{i}"] = s
@@ -331,12 +337,26 @@ class SIMoETrainer(Trainer):
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------- checkpoints
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP2 every process gathers the model and the main process writes the same
+        files as a single-process run (the Trainer then adds its sharded checkpoint)."""
+        if not self.is_fsdp_enabled:
+            return super().save_model(output_dir, _internal_call)
+        with torch.no_grad():
+            state = self._simoe().simoe_state_dict()  # collective: every process gathers
+        self._save(output_dir, simoe_state=state)
+        wait_for_everyone()
+        return None
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None,
+              simoe_state: dict | None = None) -> None:
+        """The SIMoE files of a run (``simoe_state``: already gathered; the Trainer's own
+        ``state_dict`` is not in this format and is not used)."""
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self._simoe().save_pretrained(output_dir)
+        self._simoe().save_pretrained(output_dir, simoe_state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         tmp = Path(output_dir) / f".{TRAINER_STATE_NAME}.tmp"
@@ -348,7 +368,13 @@ class SIMoETrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str,
                               model: torch.nn.Module | None = None) -> None:
         ckpt = Path(resume_from_checkpoint)
-        self._simoe().load_simoe_state_dict(load_file(ckpt / WEIGHTS_NAME))
+        if self.is_fsdp_enabled:  # the Trainer's sharded checkpoint holds every parameter
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        else:
+            if (ckpt / "optimizer_0").exists() and not (ckpt / "optimizer.pt").exists():
+                raise ValueError(f"{ckpt} was written under FSDP (its optimizer state is "
+                                 "sharded): resume it under FSDP")
+            self._simoe().load_simoe_state_dict(load_file(ckpt / WEIGHTS_NAME))
         state_file = ckpt / TRAINER_STATE_NAME
         if state_file.is_file():
             state = json.loads(state_file.read_text())
