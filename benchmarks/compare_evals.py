@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, directory = item.partition("=")
         if not sep or not label:
             p.error(f"{item!r}: expected LABEL=DIR")
+        if label in per_task:
+            p.error(f"label {label!r} given twice")
         if not (Path(directory) / "metrics.json").is_file():
             p.error(f"{directory}: no metrics.json (not a finished evaluation)")
         per_task[label] = read_metrics(Path(directory))["per_task"]

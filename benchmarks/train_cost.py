@@ -166,6 +166,7 @@ def build(name: str, base: torch.nn.Module, args: argparse.Namespace, batch: dic
         opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+    step.model, step.optimizer = model, opt  # for the worker's tensor count
     return step, info
 
 
@@ -193,9 +194,7 @@ def worker(args: argparse.Namespace) -> None:
     del base  # held by the variant, except the upcycled Mixtral's dense source
     step()
     if args.device == "cpu":  # the second step, its tensors counted
-        cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__),
-                         strict=True))
-        model, opt = cells["model"], cells["opt"]
+        model, opt = step.model, step.optimizer
         start = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None),
                  *(v for s in opt.state.values() for v in s.values()
                    if isinstance(v, torch.Tensor))]

@@ -419,6 +419,10 @@ def test_token_routing_decodes_with_a_kv_cache_exactly():
     assert torch.equal(cached.sequences, full.sequences)
     for a, b in zip(cached.scores, full.scores, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # Beam search reorders the model's cache: it decodes without one, as re-running does.
+    kw.update(num_beams=2, output_scores=False)
+    beams = model.generate(ids, **kw).sequences
+    assert torch.equal(beams, model.generate(ids, use_cache=False, **kw).sequences)
 
 
 def test_task_routing_uses_task_ids():

@@ -244,7 +244,8 @@ class SIMoEModel(nn.Module):
         """transformers' generate with alpha fixed by routing once on the prompt (last non-pad
         token). Token routing re-routes every step: before each forward the frozen base runs
         over that step's new tokens with its own KV cache (the routing pass), so both passes
-        decode incrementally."""
+        decode incrementally. Beam search, assisted decoding or a cache passed in reorder or
+        crop the model's cache behind the routing pass's back: those decode without a cache."""
         self._check_not_merged()
         if self.simoe_config.routing != "token" or alpha is not None:
             self.state.alpha = self.route(input_ids, attention_mask, None, None,
@@ -255,6 +256,11 @@ class SIMoEModel(nn.Module):
             raise ValueError("token routing re-routes every step from the tokens; it takes no "
                              "routing_embedding or task_ids (pass alpha to fix the mixture)")
         caches: dict[str, Any] = {}
+        config = kwargs.get("generation_config") or self.base_model.generation_config
+        if (max(kwargs.get("num_beams") or 1, getattr(config, "num_beams", 1) or 1) > 1
+                or kwargs.get("assistant_model") is not None
+                or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None):
+            kwargs["use_cache"] = False
 
         def reroute(_module: nn.Module, args: tuple, kw: dict) -> None:
             ids = kw.get("input_ids", args[0] if args else None)
@@ -278,6 +284,10 @@ class SIMoEModel(nn.Module):
         if not cached or "routing" not in caches:
             caches["routing"] = DynamicCache(config=self.base_model.config) if kw.get(
                 "use_cache", True) else None
+        elif caches["routing"].get_seq_length() != step_cache.get_seq_length():
+            raise RuntimeError("token routing: the routing pass's cache holds "
+                               f"{caches['routing'].get_seq_length()} tokens, the model's "
+                               f"{step_cache.get_seq_length()}; decode with use_cache=False")
         mask, positions = kw.get("attention_mask"), kw.get("position_ids")
         if positions is None and mask is not None:
             positions = position_ids_from_mask(mask)[:, -ids.shape[1]:]
@@ -289,11 +299,14 @@ class SIMoEModel(nn.Module):
         name = "cache" if "cache" in inspect.signature(body.forward).parameters \
             else "past_key_values"
         extra[name] = routing_cache
-        was_enabled, self.state.enabled = self.state.enabled, False
+        was_enabled, was_training = self.state.enabled, body.training
+        self.state.enabled = False
+        body.eval()
         try:
             return body(input_ids=ids, use_cache=routing_cache is not None, **extra)[0]
         finally:
             self.state.enabled = was_enabled
+            body.train(was_training)
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
                                         **kwargs: Any) -> None:

@@ -122,18 +122,18 @@ class TensorPeak(TorchDispatchMode):
         for t in start:
             self._add(t)
 
-    def _free(self, ptr: int) -> None:
-        self.current -= self.live.pop(ptr, 0)
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
 
     def _add(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if not ptr or ptr in self.live:
+        storage = t.untyped_storage()  # one Python object per live storage: its id is a key
+        key = id(storage)
+        if not storage.data_ptr() or key in self.live:
             return
-        self.live[ptr] = storage.nbytes()
+        self.live[key] = storage.nbytes()
         self.current += storage.nbytes()
         self.peak = max(self.peak, self.current)
-        weakref.finalize(storage, self._free, ptr)
+        weakref.finalize(storage, self._free, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         out = func(*args, **(kwargs or {}))

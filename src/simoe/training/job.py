@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from transformers import TrainingArguments, set_seed
-from transformers.utils import is_torch_bf16_gpu_available
 
 from ..data import DataError, build_task_ids, encode_examples, load_examples
 from ..loading import load_base_model, load_tokenizer
@@ -136,11 +135,18 @@ def training_arguments(job: TrainJob, output: Path, cls: type = TrainingArgument
         save_total_limit=2, seed=job.seed, data_seed=job.seed, bf16=job.bf16,
         activation_checkpointing=job.gradient_checkpointing, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0)
-    if job.bf16 and not is_torch_bf16_gpu_available():
+    if job.bf16 and not _has_accelerator():
         kwargs["use_cpu"] = True  # bf16 autocast on the CPU: transformers asks for it explicitly
     kwargs.update(job.extra_args)
     kwargs.update(overrides)
     return cls(**kwargs)
+
+
+def _has_accelerator() -> bool:
+    """A CUDA, XPU or MPS device (where transformers decides itself whether bf16 works)."""
+    xpu = getattr(torch, "xpu", None)
+    return (torch.cuda.is_available() or bool(xpu and xpu.is_available())
+            or torch.backends.mps.is_available())
 
 
 def total_steps(job: TrainJob, n_examples: int, processes: int = 1) -> int:

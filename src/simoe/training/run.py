@@ -71,8 +71,9 @@ def train(job: TrainJob) -> Path:
         raise
     result = trainer.train(resume_from_checkpoint=prep.checkpoint)
     if getattr(trainer, "is_fsdp_enabled", False):  # FSDP2: the trained state whole, to save
+        trainer.optimizer = None  # its moments are no longer needed
         with torch.no_grad():
-            gather_parameters(model.modules())
+            gather_parameters(method.trained_modules(model))
     path = on_main(lambda: finish(prep, method.name, trainer.state.global_step,
                                   result.training_loss, method.save(prep, model, trainer)))
     wait_for_everyone()

@@ -115,7 +115,8 @@ class _DualAscent(TrainerCallback):
         if t._simoe().simoe_config.gate_mode != "free":
             clamp_log_alpha_(t.gated())
         if t.args.sparsity_constraint:
-            measured = measured_constraint(t.full_gated(), t.args.constraint)
+            with torch.no_grad():
+                measured = measured_constraint(t.full_gated(), t.args.constraint)
             t.lagrangian.update(measured, t.target(state.global_step))
             if t.args.live_compaction:
                 t.compacted += compact(t.gated(), t.optimizer, t.args.compact_margin)
@@ -308,7 +309,8 @@ class SIMoETrainer(Trainer):
         """NLL, orthogonality, lambda, sparsity (mean/union/per expert), routing entropy and
         mean alpha per expert since the last log."""
         a, self._acc = self._reduce_accumulated(self._acc), {}
-        gated = self.full_gated()
+        with torch.no_grad():
+            gated = self.full_gated()
         sparsity = measured_sparsity(gated)
         lams = self.lagrangian.multipliers
         out: dict[str, float] = {
@@ -368,12 +370,15 @@ class SIMoETrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str,
                               model: torch.nn.Module | None = None) -> None:
         ckpt = Path(resume_from_checkpoint)
-        if self.is_fsdp_enabled:  # the Trainer's sharded checkpoint holds every parameter
+        fsdp_ckpt = any(ckpt.glob("pytorch_model_fsdp*"))  # transformers' own test
+        if self.is_fsdp_enabled:  # the Trainer's FSDP checkpoint holds every parameter
+            if not fsdp_ckpt:
+                raise ValueError(f"{ckpt} was not written under FSDP: resume it without FSDP")
             super()._load_from_checkpoint(resume_from_checkpoint, model)
         else:
-            if (ckpt / "optimizer_0").exists() and not (ckpt / "optimizer.pt").exists():
-                raise ValueError(f"{ckpt} was written under FSDP (its optimizer state is "
-                                 "sharded): resume it under FSDP")
+            if fsdp_ckpt:
+                raise ValueError(f"{ckpt} was written under FSDP (its model and optimizer "
+                                 "state are FSDP's): resume it under FSDP")
             self._simoe().load_simoe_state_dict(load_file(ckpt / WEIGHTS_NAME))
         state_file = ckpt / TRAINER_STATE_NAME
         if state_file.is_file():

@@ -75,6 +75,10 @@ class Method:
             data_collator=PlainCollator(prep.tokenizer),
             callbacks=[MetricsLogger(prep.output / METRICS_NAME)])
 
+    def trained_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules whose parameters :meth:`save` writes (gathered whole after an FSDP run)."""
+        return list(model.modules())
+
     def save(self, prep: Prepared, model: nn.Module, trainer: Trainer) -> dict[str, Any]:
         """Write the trained model to ``prep.output``; return what final_stats.json adds."""
         model.save_pretrained(prep.output)

@@ -88,6 +88,10 @@ class SIMoE(Method):
                             processing_class=prep.tokenizer,
                             callbacks=[MetricsLogger(prep.output / METRICS_NAME)])
 
+    def trained_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The gated deltas and the router (the frozen base is not saved)."""
+        return [gd for _, gd in model.gated_deltas()] + list(model.router.modules())
+
     def save(self, prep: Prepared, model: nn.Module, trainer: Trainer) -> dict[str, Any]:
         """Close the least committed gates if the union (or each expert) ended below tau, then
         the final statistics (before pruning) and the pruned model. ``projection`` in
