@@ -229,3 +229,23 @@ def train_on_one(run: Path) -> BaseException | None:
     except (ValueError, RuntimeError) as err:
         return err
     return None
+
+
+def test_fsdp_with_bf16_keeps_simoe_fp32(pair, tmp_path):
+    """FSDP2 with --bf16 (bf16 base, FSDP's bf16 mixed-precision policy): the run completes,
+    its NLL stays within bf16's reach of the fp32 one-process run (whose 8-step schedule starts
+    the sparsity pressure later: the total loss differs from step 2), and the saved SIMoE
+    tensors are fp32."""
+    from safetensors import safe_open
+
+    _, one, _ = pair
+    run = tmp_path / "bf16"
+    proc = _launch([*COMMON[:-4], "--max-steps", "4", "--logging-steps", "1", "--save-steps",
+                    "4", "--output", str(run), "--batch-size", "2", "--bf16"], 2, fsdp=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _metrics(one)[:4], _metrics(run)
+    assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=2e-2)
+    for ra, rb in zip(a, b, strict=True):
+        assert rb["nll"] == pytest.approx(ra["nll"], rel=3e-2), ra["step"]
+    with safe_open(str(run / "simoe_model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if "live_idx" not in k} == {"F32"}
