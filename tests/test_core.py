@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -313,6 +314,33 @@ def test_left_padded_prompt_routes_like_unpadded(stories):
     labels = full["input_ids"].clone()
     labels[:, :n_prompt] = -100
     assert torch.allclose(model.route(full["input_ids"], labels=labels), single[:1], atol=1e-5)
+
+
+def test_routing_pass_stops_at_the_last_prompt_token(stories):
+    """Training batches: right-padded prompt + completion. The routing pass runs only up to the
+    longest prompt and still equals the base's hidden state at each routing token read from a
+    pass over the whole sequence."""
+    base, _ = stories
+    reference = copy.deepcopy(base)
+    model = SIMoEModel.from_base(base, SIMoEConfig(num_experts=3))
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, base.config.vocab_size, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 10:] = 0  # right padding
+    labels = ids.clone()
+    labels[0, :5], labels[1, :7], labels[2, :4] = -100, -100, -100  # prompts of 5, 7, 4 tokens
+    labels[mask == 0] = -100
+    lengths = []
+    hook = model.base_model.base_model.register_forward_pre_hook(
+        lambda _m, _a, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        got = model.routing_embedding(ids, mask, labels=labels)
+    finally:
+        hook.remove()
+    assert lengths == [7]  # the longest prompt, not the 12-token sequence
+    with torch.no_grad():
+        hidden = reference.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(got, hidden[torch.arange(3), torch.tensor([4, 6, 3])], atol=1e-5)
 
 
 # ---------------------------------------------------------------- parameter counts

@@ -171,8 +171,17 @@ class SIMoEModel(nn.Module):
                           routing_index: torch.Tensor | None = None,
                           labels: torch.Tensor | None = None) -> torch.Tensor:
         """The frozen base model's last hidden state at the routing position ([B, H]), or at
-        every position for token routing ([B, T, H]). Deltas are off; no grad; eval mode."""
+        every position for token routing ([B, T, H]). Deltas are off; no grad; eval mode.
+        Instance routing reads no token after the last routing position (attention is causal),
+        so the pass stops there: in training the completions are never run."""
         body = self.base_model.base_model
+        token = self.simoe_config.routing == "token"
+        if not token:
+            if routing_index is None:
+                routing_index = routing_positions(input_ids, attention_mask, labels)
+            end = int(routing_index.max()) + 1 if routing_index.numel() else input_ids.shape[1]
+            input_ids = input_ids[:, :end]
+            attention_mask = None if attention_mask is None else attention_mask[:, :end]
         kwargs: dict[str, Any] = {"use_cache": False}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
@@ -185,10 +194,8 @@ class SIMoEModel(nn.Module):
         finally:
             self.state.enabled = was_enabled
             body.train(was_training)
-        if self.simoe_config.routing == "token":
+        if token:
             return hidden
-        if routing_index is None:
-            routing_index = routing_positions(input_ids, attention_mask, labels)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), routing_index]
 
     def route(self, input_ids: torch.Tensor | None = None,
