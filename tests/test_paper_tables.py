@@ -35,8 +35,9 @@ TINY = ["--steps", "2", "--batch-size", "2", "--max-source-len", "48", "--max-ta
 def test_paper_tables_tiny_run_and_reuse(tmp_path, capsys):
     pt = _load_script()
     out = tmp_path / "tables"
+    records = tmp_path / "records"
     argv = ["--model", str(STORIES), "--data", str(SNI_MINI), "--output", str(out),
-            "--rows", "base,simoe", *TINY]
+            "--rows", "base,simoe", "--records", str(records), *TINY]
     first = pt.main(argv)
     assert first["rows"] == {"base": {"train": "none (base)", "eval": "evaluated"},
                              "simoe": {"train": "trained", "eval": "evaluated"}}
@@ -73,6 +74,22 @@ def test_paper_tables_tiny_run_and_reuse(tmp_path, capsys):
     changed = [a if a != "2" or argv[i - 1] != "--steps" else "3" for i, a in enumerate(argv)]
     with pytest.raises(SystemExit, match="trained with other settings: --max-steps: 2 -> 3"):
         pt.main(changed)  # a finished row is never silently reused for another budget
+
+    # The records (small, committed) rebuild both rows on a "fresh machine": nothing retrained.
+    assert sorted(p.name for p in (records / "training" / "simoe").iterdir()) == [
+        "final_stats.json", "job.json", "metrics.jsonl"]
+    assert (records / "table1.md").read_text() == table1
+    fresh = tmp_path / "fresh"
+    moved = [str(fresh) if a == str(out) else a for a in argv]
+    third = pt.main(moved)
+    assert third["rows"] == {"base": {"train": "none (base)", "eval": "reused"},
+                             "simoe": {"train": "reused", "eval": "reused"}}
+    assert "simoe: restored from" in capsys.readouterr().out
+    assert (fresh / "table1.md").read_text() == table1
+    assert not list((fresh / "runs" / "simoe").glob("*.safetensors"))  # no weights came back
+    other_eval = [a if argv[i - 1] != "--max-new-tokens" else "5" for i, a in enumerate(moved)]
+    with pytest.raises(SystemExit, match="row simoe: restored from records without its weights"):
+        pt.main(other_eval)
 
 
 def test_bootstrap_is_paired_and_matches_the_point_estimate():
