@@ -158,7 +158,8 @@ def orthogonality(gated: Iterable[GatedDelta], training: bool = False,
     form='literal': ||Z Z^T - I||_F over the concatenated live gates, unweighted.
     form='offdiag': L_off = sum_{i != j} sum_c w_c z_ic z_jc / D in [0, M(M-1)], w_c the
       parameters gate c stands for, D all gated parameters (pruned columns included).
-      Recommended loss term: beta * num_gates(gated) * L_off.
+      Recommended loss term: beta * num_gates(gated) * L_off. Free real-valued masks
+      (gate_mode 'free', ablation c) enter as |z|, so the penalty stays >= 0.
       ``weights`` (offdiag only; [M], e.g. M x the mean routing weights) weight the pair
       (i, j) by w_i w_j, so the force on expert i's gates scales with w_i like its NLL force.
     """
@@ -174,6 +175,8 @@ def orthogonality(gated: Iterable[GatedDelta], training: bool = False,
     off = 0.0
     for gd in gated:
         z = gd.gates(training)  # [M, k]
+        if gd.mode == "free":  # real-valued masks (ablation c): the overlap of their magnitudes,
+            z = z.abs()        # else opposite signs would drive the penalty to -infinity
         if weights is not None:
             z = z * weights.to(device=z.device, dtype=z.dtype)[:, None]
         col = z.sum(dim=0)
