@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 
 from conftest import SNI_MINI, STORIES, needs_shared
@@ -121,3 +122,19 @@ def test_resume_after_a_compaction_matches_the_uninterrupted_run(tmp_path):
     sb = json.loads((resumed / "final_stats.json").read_text())
     assert sa["sparsity"] == sb["sparsity"]
     assert sa["live_fraction_before_prune"] == sb["live_fraction_before_prune"] < 1.0
+
+
+@needs_shared
+def test_margin_zero_compacts_every_column_all_experts_closed(tmp_path):
+    """--compact-margin 0: a column leaves as soon as every expert's gate is exactly 0, so the
+    live fraction is 1 - union sparsity at every logged step (both weigh columns by the
+    parameters they gate)."""
+    run = train(TrainJob(output=str(tmp_path / "run"), model=str(STORIES), data=str(SNI_MINI),
+                         max_source_len=128, max_target_len=16, max_instances_per_task=2,
+                         batch_size=4, logging_steps=1, save_steps=100, sparsity=0.75, lr=1e-3,
+                         gate_lr=1.0, max_steps=8, compact_margin=0.0))
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["sparsity_union"] > 0.2
+    for r in rows:
+        assert r["live_fraction"] == pytest.approx(1 - r["sparsity_union"], abs=1e-6), r["step"]
+    assert json.loads((run / "final_stats.json").read_text())["compact_margin"] == 0.0

@@ -166,6 +166,7 @@ def test_resuming_with_other_hyper_parameters_is_refused(finished_run):
     (dict(epochs=0.0), "--epochs must be a finite number > 0"),
     (dict(max_steps=0), "--max-steps must be an integer >= 1, or -1"),
     (dict(experts=0), "--experts must be an integer >= 1"),
+    (dict(compact_margin=-0.5), "--compact-margin must be a finite number >= 0, got -0.5"),
     (dict(resume=True, overwrite=True), "--resume and --overwrite exclude each other"),
 ])
 def test_values_no_run_should_accept_are_refused(change, message):

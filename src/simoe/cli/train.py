@@ -78,6 +78,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--no-live-compaction", dest="live_compaction", action="store_false",
                    help="keep every column until the end instead of removing the ones all "
                         "experts closed long ago during training")
+    t.add_argument("--compact-margin", type=float, default=d.compact_margin,
+                   help="live compaction removes a column once every expert's gate logit is "
+                        "this far below the closing threshold (0: as soon as all are closed; "
+                        "larger: later, leaving closed gates time to reopen)")
     t.add_argument("--router-lr", type=float, default=d.router_lr, help="Adam lr of the router")
     t.add_argument("--lambda-lr", type=float, default=d.lambda_lr, help="dual ascent step")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="per-device batch")

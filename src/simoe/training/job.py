@@ -15,6 +15,7 @@ from transformers import TrainingArguments, set_seed
 from ..data import DataError, build_task_ids, encode_examples, load_examples
 from ..loading import load_base_model, load_tokenizer
 from ..runtime import fit_source_length, reset_peak_memory
+from .compaction import DEFAULT_MARGIN
 from .validation import validate_job
 
 
@@ -42,6 +43,7 @@ class TrainJob:
     gate_second_moment: str = "row"
     gate_beta1: float = 0.0
     live_compaction: bool = True
+    compact_margin: float = DEFAULT_MARGIN
     router_lr: float = 1e-4
     lambda_lr: float = 0.02
     balance: float = 0.1

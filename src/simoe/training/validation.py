@@ -66,6 +66,8 @@ def validate_job(job: Any) -> None:
         raise ValueError(f"--ortho (beta) must be a finite number >= 0, got {job.ortho}")
     if not (job.balance >= 0 and math.isfinite(job.balance)):
         raise ValueError(f"--balance must be a finite number >= 0, got {job.balance}")
+    if not (job.compact_margin >= 0 and math.isfinite(job.compact_margin)):
+        raise ValueError(f"--compact-margin must be a finite number >= 0, got {job.compact_margin}")
     if not 0.0 <= job.sparsity_warmup <= 1.0:
         raise ValueError(f"--sparsity-warmup must lie in [0, 1], got {job.sparsity_warmup}")
     if not 0.0 <= job.sparsity_hold <= job.sparsity_warmup:

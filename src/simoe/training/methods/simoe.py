@@ -44,7 +44,8 @@ class SIMoE(Method):
     uses = frozenset({"lr", "experts", "sparsity", "ortho", "routing", "gate_mode", "constraint",
                       "sparsity_warmup", "sparsity_hold", "ortho_form", "targets",
                       "sparsity_constraint", "gate_lr", "gate_second_moment", "gate_beta1",
-                      "router_lr", "lambda_lr", "balance", "routing_cache", "live_compaction"})
+                      "router_lr", "lambda_lr", "balance", "routing_cache", "live_compaction",
+                      "compact_margin"})
     trainer_class = SIMoETrainer
 
     def needs_task_ids(self, job: TrainJob) -> bool:
@@ -82,7 +83,7 @@ class SIMoE(Method):
             sparsity_warmup=job.sparsity_warmup, sparsity_hold=job.sparsity_hold,
             ortho_form=job.ortho_form, balance_weight=job.balance,
             gate_second_moment=job.gate_second_moment, gate_beta1=job.gate_beta1,
-            live_compaction=job.live_compaction)
+            live_compaction=job.live_compaction, compact_margin=job.compact_margin)
         return SIMoETrainer(model=model, args=args, train_dataset=self.train_rows(prep, model),
                             data_collator=SIMoECollator(prep.tokenizer),
                             processing_class=prep.tokenizer,
@@ -115,6 +116,7 @@ class SIMoE(Method):
                       "gate_second_moment": job.gate_second_moment,
                       "gate_beta1": job.gate_beta1,
                       "live_compaction": trainer.args.live_compaction,
+                      "compact_margin": job.compact_margin,
                       "live_fraction_before_prune": live_before_prune,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
                                    "sparsity_constraint": job.sparsity_constraint,
