@@ -2,6 +2,7 @@
 
     python benchmarks/train_cost.py --output runs/train_cost.json [--run RUN_DIR]
         [--model PATH_OR_GGUF] [--batch 4 --seq 256 --steps 3 --rounds 2] [--variants ...]
+        [--no-times]                     # peak memory only: valid on a busy machine
     python benchmarks/train_cost.py --random-config llama-1b --device cuda  # bf16, 1B shapes
     OMP_NUM_THREADS=1 python benchmarks/train_cost.py --model ../shared/models/stories260K \
         --batch 2 --seq 32 --steps 1 --rounds 1                            # smoke test
@@ -13,7 +14,10 @@ MoETrainer), simoe (8 experts, tau 0.75, SIMoEAdamW as SIMoETrainer.create_optim
 routing embedding computed once, as the routing cache does), simoe_compacted (every expert's
 gate logits at -4 on a random 75% of the columns of every gated tensor, then
 ``compaction.compact``: 25% stay), simoe_bf16 (bf16 base, SIMoE's parameters fp32, forward
-under ``torch.autocast(bf16)`` as the Trainer's ``bf16=True``). A step: forward with labels
+under ``torch.autocast(bf16)`` as the Trainer's ``bf16=True``), simoe_routed (simoe with the
+routing pass in every step, as ``--no-routing-cache`` trains), and full_gc / simoe_gc /
+simoe_compacted_gc (gradient checkpointing per decoder layer, as ``--gradient-checkpointing``;
+their ratios are to full_gc). A step: forward with labels
 (the first 3/4 of a row is prompt), backward, optimizer.step(), zero_grad; the SIMoE
 regulariser and after-step callbacks (clamp, dual step, compaction) are not in it.
 Step times: all variants built in this process, one warm-up step each, interleaved rounds,
@@ -50,8 +54,10 @@ from simoe.training import TrainJob, get_method
 from simoe.training.compaction import compact
 from simoe.training.optimizer import SIMoEAdamW
 
-VARIANTS = ("full", "lora", "upcycle", "simoe", "simoe_compacted", "simoe_bf16")
+VARIANTS = ("full", "lora", "upcycle", "simoe", "simoe_compacted", "simoe_bf16",
+            "simoe_routed", "full_gc", "simoe_gc", "simoe_compacted_gc")
 METHOD = {"full": "full", "lora": "lora", "upcycle": "upcycle"}  # the rest are "simoe"
+GC = "_gc"  # suffix: gradient checkpointing (non-reentrant, per decoder layer); ratios to full_gc
 LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
             "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256,
             "tie_word_embeddings": True, "rope_theta": 500000.0, "max_position_embeddings": 4096,
@@ -80,6 +86,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--gpu", choices=["auto", "skip"], default="auto",
                    help="auto: after a CPU run, also run the 1B bf16 section when CUDA exists")
     p.add_argument("--output", default=None, help="write every number here (JSON)")
+    p.add_argument("--no-times", dest="times", action="store_false",
+                   help="peak memory only (it does not depend on other jobs; step times do)")
+    p.add_argument("--memory-from", default=None,
+                   help="take each variant's memory from this earlier --output JSON instead "
+                        "of measuring it again")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.dtype = args.dtype or ("bf16" if args.device == "cuda" else "fp32")
@@ -122,7 +133,8 @@ def make_batch(args: argparse.Namespace, vocab: int) -> dict[str, torch.Tensor]:
 
 def build(name: str, base: torch.nn.Module, args: argparse.Namespace, batch: dict):
     """(step function, info) of one variant, built on ``base`` (which it may take over)."""
-    method = METHOD.get(name, "simoe")
+    core, checkpointing = name.removesuffix(GC), name.endswith(GC)
+    method = METHOD.get(core, "simoe")
     ref = args.model or f"random:{args.random_config}"
     job = TrainJob(model=ref, data="-", output="-", method=method)
     prep = SimpleNamespace(job=job, base=base, task_ids=None, output=Path("."))
@@ -133,10 +145,11 @@ def build(name: str, base: torch.nn.Module, args: argparse.Namespace, batch: dic
         for g in groups:
             g["second_moment"] = job.gate_second_moment if g["name"] == "gates" else "element"
         opt = SIMoEAdamW(groups, betas=(0.9, 0.999), eps=1e-8)
-        kwargs["routing_embedding"] = model.routing_embedding(
-            batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+        if core != "simoe_routed":  # routed: the routing pass runs in every step (no cache)
+            kwargs["routing_embedding"] = model.routing_embedding(
+                batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
         gated = [gd for _, gd in model.gated_deltas()]
-        if name == "simoe_compacted":
+        if core == "simoe_compacted":
             gen = torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for gd in gated:
@@ -149,6 +162,8 @@ def build(name: str, base: torch.nn.Module, args: argparse.Namespace, batch: dic
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 weight_decay=0.0)
     kwargs.update({"output_router_logits": True} if method == "upcycle" else {})
+    if checkpointing:  # as the Trainer's gradient_checkpointing=True
+        model.gradient_checkpointing_enable({"use_reentrant": False})
     info["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     bf16 = name == "simoe_bf16" or args.dtype == "bf16"
     dev = torch.device(args.device)
@@ -255,7 +270,9 @@ def plan_check(rows: dict, names: list[str], args: argparse.Namespace) -> dict:
     for name in names:
         memory = rows[name]["memory"]
         dtype = variant_dtype(name, args)
-        variant = "simoe" if name == "simoe_bf16" else name
+        variant = "simoe" if name in ("simoe_bf16", "simoe_routed") else name
+        if name.endswith(GC):  # the plan models no checkpointing
+            continue
         est = estimate(config, variant, args.batch, args.seq, dtype=dtype)
         base_bytes = estimate(config, "full", 1, 1, dtype=dtype).weights
         mb = (est.total - base_bytes) / 2**20
@@ -280,8 +297,12 @@ def run_summary(path: str | None) -> dict:
     log = d / "metrics.jsonl"
     rows = [json.loads(x) for x in (log.read_text() if log.is_file() else "").splitlines()
             if x.strip()]
-    live = [r["live_fraction"] for r in rows if "live_fraction" in r]
-    return {"measured": True, "run": str(d.resolve()), "method": stats.get("method"),
+    logged = [r for r in rows if "live_fraction" in r]
+    live = [r["live_fraction"] for r in logged]
+    job = json.loads((d / "job.json").read_text()) if (d / "job.json").is_file() else {}
+    return {"live_fractions": live, "unions": [r["sparsity_union"] for r in logged],
+            "logged_steps": [r["step"] for r in logged], "routing_cache": job.get("routing_cache"),
+            "measured": True, "run": str(d.resolve()), "method": stats.get("method"),
             "target_sparsity": stats.get("target_sparsity"), "steps": stats["steps"],
             "wall_time_s": stats["wall_time_s"],
             "mean_step_s": stats["wall_time_s"] / max(1, stats["steps"]),
@@ -289,6 +310,33 @@ def run_summary(path: str | None) -> dict:
             rows[-1]["step"] if rows else None,
             "live_fraction_before_prune": stats.get("live_fraction_before_prune"),
             "sparsity_union": (stats.get("sparsity") or {}).get("union")}
+
+
+def whole_run_estimate(run: dict, rows: dict) -> dict | None:
+    """Mean step of the run's schedule at this benchmark's shape, in units of full FT's step:
+    each logged interval at the step time interpolated (linearly in the live fraction) between
+    simoe (live 1) and simoe_compacted (its live fraction), plus the routing pass (simoe_routed -
+    simoe) when the run routed inline; once with the run's live fractions and once as if
+    compaction had removed every column closed for all experts (live = 1 - union)."""
+    need = ("full", "simoe", "simoe_compacted")
+    if not run.get("measured") or not run["live_fractions"] or any(
+            rows.get(n, {}).get("step_s") is None for n in need):
+        return None
+    full, dense, comp = (rows[n]["step_s"] for n in need)
+    low = rows["simoe_compacted"].get("live_fraction") or 0.25
+    routing = 0.0
+    if not run.get("routing_cache") and rows.get("simoe_routed", {}).get("step_s"):
+        routing = rows["simoe_routed"]["step_s"] - dense
+    steps = [0, *run["logged_steps"]]
+    widths = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+
+    def mean(lives: list[float]) -> float:
+        cost = [comp + (dense - comp) * (f - low) / (1 - low) + routing for f in lives]
+        return sum(c * w for c, w in zip(cost, widths, strict=True)) / sum(widths) / full
+
+    return {"with_run_live_fraction": mean(run["live_fractions"]),
+            "if_live_were_1_minus_union": mean([1 - u for u in run["unions"]]),
+            "routing_pass_x_full": routing / full}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -300,23 +348,24 @@ def fmt(x: float | None, spec: str) -> str:
 
 
 def report(rows: dict, names: list[str]) -> None:
-    """The markdown table (ratios to full FT stored in ``rows``) and the bf16-vs-fp32 line."""
-    full = rows.get("full", {})
-    full_mb = full.get("memory", {}).get("method_mb")
+    """The markdown table (ratios to full FT stored in ``rows``; a gradient-checkpointing
+    variant's to full_gc) and the bf16-vs-fp32 line."""
     print("| variant | step (ms) | × full | method MB | × full | tensors MB | × full | peak MB "
           "| base MB | live |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    full_t = full.get("memory", {}).get("tensor_method_mb")
     for name in names:
         r, m = rows[name], rows[name]["memory"]
+        full = rows.get("full" + GC if name.endswith(GC) else "full", {})
+        fm = full.get("memory", {})
         r["step_ratio_to_full"] = ratio(r["step_s"], full.get("step_s"))
-        r["memory_ratio_to_full"] = ratio(m.get("method_mb"), full_mb)
-        r["tensor_ratio_to_full"] = ratio(m.get("tensor_method_mb"), full_t)
-        cells = [f"{r['step_s'] * 1e3:.1f}", fmt(r["step_ratio_to_full"], ".2f"),
+        r["memory_ratio_to_full"] = ratio(m.get("method_mb"), fm.get("method_mb"))
+        r["tensor_ratio_to_full"] = ratio(m.get("tensor_method_mb"), fm.get("tensor_method_mb"))
+        step_ms = None if r["step_s"] is None else r["step_s"] * 1e3
+        cells = [fmt(step_ms, ".1f"), fmt(r["step_ratio_to_full"], ".2f"),
                  fmt(m.get("method_mb"), ".0f"), fmt(r["memory_ratio_to_full"], ".2f"),
                  fmt(m.get("tensor_method_mb"), ".0f"), fmt(r["tensor_ratio_to_full"], ".2f"),
                  fmt(m.get("peak_mb"), ".0f"), fmt(m.get("base_mb"), ".0f"),
-                 fmt(r.get("live_fraction"), ".2f")]
+                 fmt(r.get("live_fraction", m.get("live_fraction")), ".2f")]
         print(f"| {name} | " + " | ".join(cells) + " |" + (f" {m['error']}" if "error" in m
                                                             else ""))
     if "simoe_bf16" in rows and "simoe" in rows:
@@ -339,15 +388,18 @@ def main() -> None:
         sys.exit(f"unknown variant(s) {unknown}; choose from {VARIANTS}")
     if args.dtype == "bf16" and "simoe_bf16" in names:
         names.remove("simoe_bf16")  # the whole run is bf16 already
-    rows = measure_times(names, args)
+    rows = measure_times(names, args) if args.times else {n: {"step_s": None} for n in names}
+    earlier = json.loads(Path(args.memory_from).read_text())["rows"] if args.memory_from else {}
     for name in names:
-        rows[name]["memory"] = measure_memory(name, args)
+        rows[name]["memory"] = (earlier[name]["memory"] if name in earlier
+                                else measure_memory(name, args))
     shape = random_config(args).to_diff_dict() if args.random_config else None
     where = args.model if not shape else "random init, Llama-3.2-1B shapes: " + ", ".join(
         f"{k} {shape[k]}" for k in list(LLAMA_1B)[:6])
     print(f"model: {where}\ndevice {args.device}, {args.dtype}, {torch.get_num_threads()} "
-          f"threads; batch {args.batch} x seq {args.seq}; median of {args.rounds} interleaved "
-          f"rounds x {args.steps} steps\n")
+          f"threads; batch {args.batch} x seq {args.seq}; " + (
+              f"median of {args.rounds} interleaved rounds x {args.steps} steps\n" if args.times
+              else "step times not measured (--no-times)\n"))
     report(rows, names)
     print()
     plan = plan_check(rows, names, args)
@@ -358,6 +410,14 @@ def main() -> None:
         f"the end {run['live_fraction_before_prune']} (last logged: {run['live_fraction_end']} "
         f"at step {run['logged_step_end']})"
         if run["measured"] else "not measured (pass --run DIR)"))
+    estimate = whole_run_estimate(run, rows)
+    if estimate:
+        run["estimate"] = estimate
+        print("estimated from this benchmark's step times and the run's logged live fractions "
+              f"(× full FT's step): {estimate['with_run_live_fraction']:.2f}; if compaction "
+              f"removed every union-closed column: {estimate['if_live_were_1_minus_union']:.2f}"
+              f"; routing pass {'included' if estimate['routing_pass_x_full'] else 'cached'} "
+              f"({estimate['routing_pass_x_full']:.2f} × full FT's step)")
     result = {"config": vars(args), "model_shape": shape, "variants": names, "rows": rows,
               "plan": plan, "run": run, "note": NOTE, "torch": torch.__version__,
               "device": args.device,
