@@ -69,8 +69,10 @@ final_stats.json, metrics.jsonl under training/<row>/; evals/<row>/), and the ta
 requested row is in, into DIR,
 which is small enough to commit; on a fresh machine the same command with the same `--records`
 restores those rows into --output (without weights) and reuses them, so a table can be
-completed across sessions. A restored row whose evaluation no longer matches the settings is
-refused (its weights are not there to evaluate).
+completed across sessions. Only complete records whose training job and evaluation settings
+equal this invocation's are restored (paths included: the same checkout layout); any other row
+is trained and evaluated afresh and replaces its records. The tables in DIR are replaced only
+by tables holding at least the rows already there.
 
 Resuming: run the same command again. A finished row (final_stats.json, and an evaluation whose
 settings and run match) is reused; a killed training resumes from its newest complete checkpoint
@@ -90,6 +92,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,7 +118,7 @@ EVAL_MARKER = "paper_tables_eval.json"  # written after a complete evaluation: w
 RESTORED = "restored_from_records.json"  # a run directory rebuilt from --records (no weights)
 RECORD_FILES = (JOB_NAME, FINAL_STATS_NAME, "metrics.jsonl")  # what --records keeps of a run
 TABLE_FILES = ("table1.md", "table1.png", "table3.md", "table4.md", "fig1.md", "fig1.png",
-               "summary.json")
+               "summary.json", "train_cost.json")
 TRAIN_COST = "train_cost.json"
 
 
@@ -261,46 +264,70 @@ def train_row(job: TrainJob, keep_checkpoints: bool) -> tuple[Path, str]:
 
 
 def _replace_dir(dst: Path, fill: Callable[[Path], None]) -> None:
-    """Build ``dst`` in a sibling temporary directory, then swap it in."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fill(tmp)
-    shutil.rmtree(dst, ignore_errors=True)
+    """Build ``dst`` in a fresh sibling directory, then swap it in (the old one is moved aside
+    first and deleted last, so a crash leaves either version, never neither)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        tmp.rmdir()
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
     tmp.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _copy_records(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True)
     for name in RECORD_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
+        shutil.copy2(src / name, dst / name)
 
 
-def restore_row(records: Path, out: Path, key: str, model: str) -> bool:
-    """Rebuild row ``key`` from ``records`` into ``out`` where ``out`` lacks it: the run's records
-    (no weights) and its evaluation, whose marker is pointed at ``model`` (this invocation's
-    path for the row; the settings and the run's final_stats hash still have to match).
-    Returns whether anything was restored."""
+def restore_row(records: Path, out: Path, key: str, job: TrainJob | None,
+                args: argparse.Namespace) -> bool:
+    """Rebuild row ``key`` from ``records`` into ``out`` where ``out`` lacks it, only when the
+    records are complete and match this invocation: the run's records (no weights) together
+    with its evaluation, when the recorded job equals ``job`` and the evaluation's settings and
+    run equal this one's (the marker's model path is rewritten to this output's); for the
+    untuned base (``job`` None) its evaluation, when the model file has the same name. Any
+    other row is trained and evaluated afresh and then replaces the records. Returns whether
+    anything was restored."""
     src_run, src_eval = records / "training" / key, records / "evals" / key
     run, eval_dir = out / "runs" / key, out / "evals" / key
-    restored = False
-    if (src_run / FINAL_STATS_NAME).is_file() and not run.exists():
+    if (eval_dir / EVAL_MARKER).exists() or not all(
+            (src_eval / n).is_file() for n in (EVAL_MARKER, "metrics.json")):
+        return False
+    marker = json.loads((src_eval / EVAL_MARKER).read_text())
+    model = str(run) if job is not None else args.model
+    if job is None and Path(marker.get("job", {}).get("model", "")).name != Path(model).name:
+        return False
+    restore_run = job is not None and not run.exists()
+    if restore_run:
+        if not all((src_run / n).is_file() for n in RECORD_FILES) or job_differences(
+                json.loads((src_run / JOB_NAME).read_text()), job_record(job)):
+            return False
+    marker["job"]["model"] = model
+    source = None if job is None else src_run if restore_run else run
+    if marker != _eval_job(model, eval_dir, args, source)[1]:
+        return False
+    if restore_run:
         def fill_run(tmp: Path) -> None:
             _copy_records(src_run, tmp)
             atomic_write_json(tmp / RESTORED, {"records": str(records.resolve())})
 
         _replace_dir(run, fill_run)
-        restored = True
-    if (src_eval / EVAL_MARKER).is_file() and not (eval_dir / EVAL_MARKER).exists():
-        def fill_eval(tmp: Path) -> None:
-            shutil.copytree(src_eval, tmp)
-            marker = json.loads((tmp / EVAL_MARKER).read_text())
-            marker["job"]["model"] = model
-            atomic_write_json(tmp / EVAL_MARKER, marker)
 
-        _replace_dir(eval_dir, fill_eval)
-        restored = True
-    return restored
+    def fill_eval(tmp: Path) -> None:
+        shutil.copytree(src_eval, tmp)
+        atomic_write_json(tmp / EVAL_MARKER, marker)
+
+    _replace_dir(eval_dir, fill_eval)
+    return True
 
 
 def save_row(records: Path, out: Path, key: str, run: Path | None) -> None:
@@ -309,6 +336,20 @@ def save_row(records: Path, out: Path, key: str, run: Path | None) -> None:
                  lambda tmp: shutil.copytree(out / "evals" / key, tmp))
     if run is not None:
         _replace_dir(records / "training" / key, lambda tmp: _copy_records(run, tmp))
+
+
+def save_tables(records: Path, files: list[Path], rows: list[str]) -> bool:
+    """Copy the tables into ``records`` unless they hold fewer rows than the ones there (a
+    partial invocation must not shrink the committed tables). Returns whether copied."""
+    summary = records / "summary.json"
+    if summary.is_file():
+        have = set(json.loads(summary.read_text()).get("rows", {}))
+        if not have <= set(rows):
+            return False
+    for f in files:
+        if f.name in TABLE_FILES:
+            shutil.copy2(f, records / f.name)
+    return True
 
 
 def _sha256(path: Path) -> str | None:
@@ -585,10 +626,14 @@ def fig1(out: Path, ctx: dict[str, Any]) -> tuple[str, bool]:
         m = r.get("memory", {})
         mb = m.get("method_mb")
         step = r.get("step_s")
+        # train_cost's own ratios: a gradient-checkpointing variant's are to full_gc
+        step_x = r.get("step_ratio_to_full", step / full["step_s"] if step and full.get(
+            "step_s") else None)
+        mb_x = r.get("memory_ratio_to_full", mb / full_mb if mb is not None and full_mb else None)
         cells = [name, "–" if step is None else f"{step:.2f}",
-                 f"{step / full['step_s']:.2f}" if step and full.get("step_s") else "–",
+                 "–" if step_x is None else f"{step_x:.2f}",
                  "–" if mb is None else f"{mb:.0f}",
-                 f"{mb / full_mb:.2f}" if mb is not None and full_mb else "–",
+                 "–" if mb_x is None else f"{mb_x:.2f}",
                  "–" if m.get("peak_mb") is None else f"{m['peak_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |" + (f" {m['error']}" if "error" in m else ""))
     if cost.get("note"):
@@ -698,17 +743,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     files: list[Path] = []
     print(profile_line(args), flush=True)
     records = Path(args.records).expanduser() if args.records else None
+    if records is not None and (records / TRAIN_COST).is_file() \
+            and not (out / TRAIN_COST).is_file():
+        shutil.copy2(records / TRAIN_COST, out / TRAIN_COST)  # Fig. 1's source
     for n, key in enumerate(args.rows, 1):
         t0 = time.time()
         trained = ROWS[key].settings is not None
-        if records is not None and restore_row(records, out, key,
-                                               str(out / "runs" / key) if trained else args.model):
+        job = train_job(key, args, out) if trained else None
+        if records is not None and restore_row(records, out, key, job, args):
             print(f"[{n}/{len(args.rows)}] {key}: restored from {records}", flush=True)
-        if not trained:
+        if job is None:
             model, run, state = args.model, None, "none (base)"
         else:
             try:
-                run, state = train_row(train_job(key, args, out), args.keep_checkpoints)
+                run, state = train_row(job, args.keep_checkpoints)
             except (ValueError, FileExistsError) as err:  # e.g. a finished row, other settings
                 raise SystemExit(f"paper_tables: row {key}: {err}") from None
             model = str(run)
@@ -717,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 model, out / "evals" / key, args, run):
             raise SystemExit(f"paper_tables: row {key}: restored from records without its "
                              "weights, and its evaluation does not match these settings; "
-                             f"retrain it (remove {run})")
+                             f"retrain it (remove {run} and {out / 'evals' / key})")
         metrics, reused = eval_row(model, out / "evals" / key, args, run)
         t2 = time.time()
         stats = json.loads((run / FINAL_STATS_NAME).read_text()) if run else None
@@ -730,10 +778,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{done[key]['eval']} {t2 - t1:.0f}s, Avg. ROUGE-L "
               f"{metrics['overall']['rougeL']:.2f}; elapsed {_clock(time.time() - start)}",
               flush=True)
-    if records is not None:  # the tables only once every row is in: they never lose a row
-        for f in files:
-            if f.name in TABLE_FILES:
-                shutil.copy2(f, records / f.name)
+    if records is not None and not save_tables(records, files, list(done)):
+        print(f"{records}: tables not updated (they hold rows this invocation did not run)",
+              flush=True)
     count = task_count_line(args.data, "test", len(done[args.rows[0]]["metrics"]["per_task"]))
     print(f"\n{(out / 'table1.md').read_text()}\nEvaluated on {count}.", flush=True)
     print(f"Outputs in {out.resolve()}:", *(f"  {f}" for f in files),

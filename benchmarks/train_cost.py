@@ -301,7 +301,8 @@ def run_summary(path: str | None) -> dict:
     live = [r["live_fraction"] for r in logged]
     job = json.loads((d / "job.json").read_text()) if (d / "job.json").is_file() else {}
     return {"live_fractions": live, "unions": [r["sparsity_union"] for r in logged],
-            "logged_steps": [r["step"] for r in logged], "routing_cache": job.get("routing_cache"),
+            "logged_steps": [r["step"] for r in logged],
+            "routing_cache": job.get("routing_cache", True), "routing": job.get("routing"),
             "measured": True, "run": str(d.resolve()), "method": stats.get("method"),
             "target_sparsity": stats.get("target_sparsity"), "steps": stats["steps"],
             "wall_time_s": stats["wall_time_s"],
@@ -316,26 +317,33 @@ def whole_run_estimate(run: dict, rows: dict) -> dict | None:
     """Mean step of the run's schedule at this benchmark's shape, in units of full FT's step:
     each logged interval at the step time interpolated (linearly in the live fraction) between
     simoe (live 1) and simoe_compacted (its live fraction), plus the routing pass (simoe_routed -
-    simoe) when the run routed inline; once with the run's live fractions and once as if
-    compaction had removed every column closed for all experts (live = 1 - union)."""
+    simoe, instance routing stopped at the prompt's end) when the run routed inline; once with
+    the run's live fractions and once as if compaction had removed every column closed for all
+    experts (live = 1 - union). The steps between two logged ones run at the earlier value (1 at
+    step 0); the last logged value holds to the end. None without the rows it needs."""
     need = ("full", "simoe", "simoe_compacted")
     if not run.get("measured") or not run["live_fractions"] or any(
             rows.get(n, {}).get("step_s") is None for n in need):
         return None
     full, dense, comp = (rows[n]["step_s"] for n in need)
     low = rows["simoe_compacted"].get("live_fraction") or 0.25
-    routing = 0.0
-    if not run.get("routing_cache") and rows.get("simoe_routed", {}).get("step_s"):
-        routing = rows["simoe_routed"]["step_s"] - dense
-    steps = [0, *run["logged_steps"]]
-    widths = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    if low >= 1:
+        return None
+    inline = not run.get("routing_cache", True)
+    routed = rows.get("simoe_routed", {}).get("step_s")
+    routing = routed - dense if inline and routed is not None else 0.0
+    bounds = [0, *run["logged_steps"], max(run["steps"], run["logged_steps"][-1])]
+    widths = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
 
     def mean(lives: list[float]) -> float:
-        cost = [comp + (dense - comp) * (f - low) / (1 - low) + routing for f in lives]
+        starts = [1.0, *lives]  # the fraction each interval starts at
+        cost = [comp + (dense - comp) * (f - low) / (1 - low) + routing for f in starts]
         return sum(c * w for c, w in zip(cost, widths, strict=True)) / sum(widths) / full
 
     return {"with_run_live_fraction": mean(run["live_fractions"]),
             "if_live_were_1_minus_union": mean([1 - u for u in run["unions"]]),
+            "routing": ("cached" if not inline else "inline, measured" if routed is not None
+                        else "inline, NOT included (simoe_routed not measured)"),
             "routing_pass_x_full": routing / full}
 
 
@@ -389,7 +397,15 @@ def main() -> None:
     if args.dtype == "bf16" and "simoe_bf16" in names:
         names.remove("simoe_bf16")  # the whole run is bf16 already
     rows = measure_times(names, args) if args.times else {n: {"step_s": None} for n in names}
-    earlier = json.loads(Path(args.memory_from).read_text())["rows"] if args.memory_from else {}
+    earlier = {}
+    if args.memory_from:
+        prior = json.loads(Path(args.memory_from).read_text())
+        keys = ("model", "random_config", "batch", "seq", "dtype", "device")
+        other = [k for k in keys if prior["config"].get(k) != getattr(args, k)]
+        if other:
+            sys.exit(f"--memory-from {args.memory_from}: measured with other settings "
+                     f"({', '.join(other)})")
+        earlier = {n: r for n, r in prior["rows"].items() if "error" not in r.get("memory", {})}
     for name in names:
         rows[name]["memory"] = (earlier[name]["memory"] if name in earlier
                                 else measure_memory(name, args))
@@ -416,7 +432,7 @@ def main() -> None:
         print("estimated from this benchmark's step times and the run's logged live fractions "
               f"(× full FT's step): {estimate['with_run_live_fraction']:.2f}; if compaction "
               f"removed every union-closed column: {estimate['if_live_were_1_minus_union']:.2f}"
-              f"; routing pass {'included' if estimate['routing_pass_x_full'] else 'cached'} "
+              f"; routing pass: {estimate['routing']} "
               f"({estimate['routing_pass_x_full']:.2f} × full FT's step)")
     result = {"config": vars(args), "model_shape": shape, "variants": names, "rows": rows,
               "plan": plan, "run": run, "note": NOTE, "torch": torch.__version__,

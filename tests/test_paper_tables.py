@@ -87,9 +87,17 @@ def test_paper_tables_tiny_run_and_reuse(tmp_path, capsys):
     assert "simoe: restored from" in capsys.readouterr().out
     assert (fresh / "table1.md").read_text() == table1
     assert not list((fresh / "runs" / "simoe").glob("*.safetensors"))  # no weights came back
-    other_eval = [a if argv[i - 1] != "--max-new-tokens" else "5" for i, a in enumerate(moved)]
-    with pytest.raises(SystemExit, match="row simoe: restored from records without its weights"):
-        pt.main(other_eval)
+    # Records of other settings are not restored (no weights to evaluate): the row is redone.
+    other = tmp_path / "other"
+    other_eval = [str(other) if a == str(fresh) else "5" if moved[i - 1] == "--max-new-tokens"
+                  else a for i, a in enumerate(moved)]
+    fourth = pt.main(other_eval)
+    assert fourth["rows"] == {"base": {"train": "none (base)", "eval": "evaluated"},
+                              "simoe": {"train": "trained", "eval": "evaluated"}}
+    assert "restored from" not in capsys.readouterr().out
+    # A partial invocation never shrinks the committed tables.
+    pt.main([*moved[:moved.index("--rows") + 1], "base", *moved[moved.index("--rows") + 2:]])
+    assert "| SIMoE |" in (records / "table1.md").read_text()
 
 
 def test_bootstrap_is_paired_and_matches_the_point_estimate():

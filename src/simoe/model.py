@@ -173,12 +173,13 @@ class SIMoEModel(nn.Module):
         """The frozen base model's last hidden state at the routing position ([B, H]), or at
         every position for token routing ([B, T, H]). Deltas are off; no grad; eval mode.
         Instance routing reads no token after the last routing position (attention is causal),
-        so the pass stops there: in training the completions are never run."""
+        so the pass stops there: in training the completions of supervised rows are not run."""
         body = self.base_model.base_model
         token = self.simoe_config.routing == "token"
         if not token:
             if routing_index is None:
                 routing_index = routing_positions(input_ids, attention_mask, labels)
+            routing_index = routing_index.remainder(input_ids.shape[1])  # -1: the last token
             end = int(routing_index.max()) + 1 if routing_index.numel() else input_ids.shape[1]
             input_ids = input_ids[:, :end]
             attention_mask = None if attention_mask is None else attention_mask[:, :end]

@@ -157,7 +157,8 @@ def orthogonality(gated: Iterable[GatedDelta], training: bool = False,
 
     form='literal': ||Z Z^T - I||_F over the concatenated live gates, unweighted.
     form='offdiag': L_off = sum_{i != j} sum_c w_c z_ic z_jc / D in [0, M(M-1)], w_c the
-      parameters gate c stands for, D all gated parameters (pruned columns included).
+      parameters gate c stands for, D all gated parameters (pruned columns included); for
+      free real-valued masks the bound is lost (|z| may exceed 1).
       Recommended loss term: beta * num_gates(gated) * L_off. Free real-valued masks
       (gate_mode 'free', ablation c) enter as |z|, so the penalty stays >= 0.
       ``weights`` (offdiag only; [M], e.g. M x the mean routing weights) weight the pair

@@ -81,7 +81,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--compact-margin", type=float, default=d.compact_margin,
                    help="live compaction removes a column once every expert's gate logit is "
                         "this far below the closing threshold (0: as soon as all are closed; "
-                        "larger: later, leaving closed gates time to reopen)")
+                        "larger: later, leaving closed gates time to reopen; with "
+                        "--gate-mode stochastic keep it large: a gate at the threshold is "
+                        "sampled open half the time)")
     t.add_argument("--router-lr", type=float, default=d.router_lr, help="Adam lr of the router")
     t.add_argument("--lambda-lr", type=float, default=d.lambda_lr, help="dual ascent step")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help="per-device batch")

@@ -116,7 +116,8 @@ class SIMoE(Method):
                       "gate_second_moment": job.gate_second_moment,
                       "gate_beta1": job.gate_beta1,
                       "live_compaction": trainer.args.live_compaction,
-                      "compact_margin": job.compact_margin,
+                      "compact_margin": (trainer.args.compact_margin
+                                         if trainer.args.live_compaction else None),
                       "live_fraction_before_prune": live_before_prune,
                       "ablation": {"targets": job.targets, "ortho": job.ortho,
                                    "sparsity_constraint": job.sparsity_constraint,
