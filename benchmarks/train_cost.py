@@ -270,10 +270,11 @@ def plan_check(rows: dict, names: list[str], args: argparse.Namespace) -> dict:
     for name in names:
         memory = rows[name]["memory"]
         dtype = variant_dtype(name, args)
-        variant = "simoe" if name in ("simoe_bf16", "simoe_routed") else name
-        if name.endswith(GC):  # the plan models no checkpointing
-            continue
-        est = estimate(config, variant, args.batch, args.seq, dtype=dtype)
+        checkpointing = name.endswith(GC)
+        variant = name.removesuffix(GC) if checkpointing else name
+        variant = "simoe" if variant in ("simoe_bf16", "simoe_routed") else variant
+        est = estimate(config, variant, args.batch, args.seq, dtype=dtype,
+                       checkpointing=checkpointing)
         base_bytes = estimate(config, "full", 1, 1, dtype=dtype).weights
         mb = (est.total - base_bytes) / 2**20
         tensors, rss = memory.get("tensor_method_mb"), memory.get("method_mb")

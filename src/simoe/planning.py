@@ -14,6 +14,16 @@ and of the logits, 2 x batch x seq x vocab x 4 bytes (plus the logits' own dtype
 fp32). Backward releases the activations as it allocates the gradients, so the peak is the
 larger of the two ends: all activations at its start, all gradients at its end.
 
+Gradient checkpointing (``checkpointing=True``, as ``--gradient-checkpointing`` trains:
+non-reentrant, one checkpoint per decoder layer) keeps only each layer's input hidden state and
+what runs outside the layers (embeddings, final norm, logits); backward rebuilds one layer's
+activations at a time, on top of the gradients accumulated so far (``recompute``):
+
+    ... + max(outside + layers x hidden state + loss transient, gradients + one layer's)
+
+which leaves out the temporaries of one layer's backward: 2-5% below a real step's peak on a
+tiny Llama, within 5% on SmolLM2-135M (benchmarks/train_cost.py compares).
+
 FSDP shards weights, gradients and moments over the devices and gathers one decoder layer's
 weights at a time. Sparse upcycling's expert dispatch is data-dependent and cannot run on meta
 tensors: its activations are the dense model's with the FFN part counted top-k times.
@@ -75,13 +85,14 @@ class Estimate:
     loss_transient: int
     buffers: int
     trainable_params: int
+    recompute: int = 0  # under checkpointing: one decoder layer's activations, rebuilt in backward
 
     @property
     def total(self) -> int:
         """The peak: gradients replace the activations (and the loss's backward) as backward
         runs, so the larger of the two counts."""
         return (self.weights + self.optimizer + self.buffers
-                + max(self.activations + self.loss_transient, self.gradients))
+                + max(self.activations + self.loss_transient, self.gradients + self.recompute))
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "total": self.total}
@@ -135,13 +146,13 @@ def _meta_model(config: PretrainedConfig, dtype: torch.dtype) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _saved_tensors(model: nn.Module, inside: tuple[type, ...] = ()) -> Iterator[dict[str, int]]:
+def _saved_tensors(model: nn.Module, **inside: tuple[type, ...]) -> Iterator[dict[str, int]]:
     """Count the bytes autograd saves during the block (each tensor once, parameters not);
-    ``inside``: also count what modules of these types save (key ``"inside"``)."""
+    ``inside``: name=module types, also count what modules of these types save (key name)."""
     params = {id(p) for p in model.parameters()}
     seen: dict[int, torch.Tensor] = {}
-    counts = {"total": 0, "inside": 0}
-    depth = [0]
+    counts = {"total": 0, **dict.fromkeys(inside, 0)}
+    depth = dict.fromkeys(inside, 0)
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         root = t if t._base is None else t._base
@@ -149,17 +160,20 @@ def _saved_tensors(model: nn.Module, inside: tuple[type, ...] = ()) -> Iterator[
             seen[id(root)] = root  # kept alive, so ids stay unique
             size = root.numel() * root.element_size()
             counts["total"] += size
-            if depth[0]:
-                counts["inside"] += size
+            for key, d in depth.items():
+                if d:
+                    counts[key] += size
         return t
+
+    def enter(key: str, step: int):  # noqa: ANN202
+        return lambda *_: depth.__setitem__(key, depth[key] + step)
 
     handles = []
     for module in model.modules():
-        if inside and isinstance(module, inside):
-            handles.append(module.register_forward_pre_hook(
-                lambda *_: depth.__setitem__(0, depth[0] + 1)))
-            handles.append(module.register_forward_hook(
-                lambda *_: depth.__setitem__(0, depth[0] - 1)))
+        for key, types in inside.items():
+            if isinstance(module, types):
+                handles.append(module.register_forward_pre_hook(enter(key, 1)))
+                handles.append(module.register_forward_hook(enter(key, -1)))
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield counts
@@ -173,9 +187,18 @@ def _forward(model: nn.Module, batch: int, seq: int, **kwargs: Any) -> None:
     model(input_ids=ids, labels=ids, **kwargs)
 
 
+def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder's list of layers (the first ModuleList named ``*layers`` or ``*.h``)."""
+    for name, module in model.named_modules():
+        if (name.endswith("layers") or name.endswith(".h")) and isinstance(module, nn.ModuleList) \
+                and len(module):
+            return module
+    return None
+
+
 def _mlp_type(model: nn.Module) -> tuple[type, ...]:
-    layer = model.base_model.layers[0] if hasattr(model.base_model, "layers") else None
-    mlp = getattr(layer, "mlp", None)
+    layers = _decoder_layers(model)
+    mlp = getattr(layers[0], "mlp", None) if layers is not None else None
     if mlp is None:
         raise ValueError(f"{type(model).__name__}: no decoder layer with an `mlp` to upcycle")
     return (type(mlp),)
@@ -197,18 +220,17 @@ def _bytes(params: list[nn.Parameter]) -> int:
 
 def _largest_layer(model: nn.Module) -> int:
     """Bytes of the largest decoder layer (FSDP gathers one at a time)."""
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module):
-            return max(_bytes(list(layer.parameters())) for layer in module)
-    return 0
+    layers = _decoder_layers(model)
+    return max(_bytes(list(layer.parameters())) for layer in layers) if layers else 0
 
 
 def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devices: int = 1,
              strategy: str = "ddp", dtype: torch.dtype = torch.float32, sparsity: float = 0.75,
-             experts: int = 8, moe_experts: int = 4, top_k: int = 2, lora_r: int = 16
-             ) -> Estimate:
+             experts: int = 8, moe_experts: int = 4, top_k: int = 2, lora_r: int = 16,
+             checkpointing: bool = False) -> Estimate:
     """Peak training memory per device of one variant at ``batch`` rows x ``seq`` tokens per
-    device, Adam, ``devices`` data-parallel devices under ``strategy``."""
+    device, Adam, ``devices`` data-parallel devices under ``strategy``; ``checkpointing``:
+    gradient checkpointing per decoder layer."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if strategy not in STRATEGIES:
@@ -233,25 +255,41 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
             _compact(model, sparsity)
         hidden = config.get_text_config().hidden_size
         kwargs["routing_embedding"] = torch.empty(batch, hidden, device="meta")  # cached
+    layers = _decoder_layers(model)
+    groups = {"layers": (type(layers[0]),)} if layers is not None else {}
     if variant == "upcycle":
         for p in model.parameters():
             p.requires_grad_(True)
-        with _saved_tensors(model, _mlp_type(model)) as saved:
-            _forward(model, batch, seq)
-        router = batch * seq * moe_experts * 4 * 3  # logits, softmax, top-k weights (fp32)
-        activations = saved["total"] + (top_k - 1) * saved["inside"] + router
+        groups["mlp"] = _mlp_type(model)
+    with _saved_tensors(model, **groups) as saved:
+        _forward(model, batch, seq, **kwargs)
+    activations, inside = saved["total"], saved.get("layers", 0)
+    if variant == "upcycle":  # the FFN runs top-k times per token; the router's fp32 tensors
+        extra = (top_k - 1) * saved["mlp"] + batch * seq * moe_experts * 4 * 3
+        activations, inside = activations + extra, inside + extra
         with torch.device("meta"):
             from transformers import MixtralForCausalLM
 
             model = MixtralForCausalLM(mixtral_config_from_dense(config, moe_experts, top_k))
             model.to(dtype)
-    else:
-        with _saved_tensors(model) as saved:
-            _forward(model, batch, seq, **kwargs)
-        activations = saved["total"]
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     weights, grads = _bytes(params), _bytes(trainable)
+    recompute = 0
+    if checkpointing:
+        if layers is None:
+            raise ValueError(f"{type(model).__name__}: no decoder layers to checkpoint")
+        n = len(layers)
+        hidden_state = batch * seq * config.get_text_config().hidden_size * \
+            torch.empty((), dtype=dtype).element_size()
+        activations = activations - inside + n * hidden_state
+        # Backward at layer l holds the checkpoints of layers 0..l, the gradients of the layers
+        # above and of what lies outside them, and layer l rebuilt (plus its input's gradient):
+        # the worst l is the last (every checkpoint) or the first (every gradient).
+        layer_grads = [_bytes([p for p in layer.parameters() if p.requires_grad])
+                       for layer in _decoder_layers(model)]
+        top = grads - sum(layer_grads) + max(layer_grads) + n * hidden_state
+        recompute = -(-inside // n) + hidden_state + max(top - grads, hidden_state)
     optimizer = 2 * grads
     buffers = 0
     if devices > 1 and strategy == "ddp":
@@ -263,28 +301,32 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
     size = torch.empty((), dtype=dtype).element_size()
     transient = batch * seq * vocab * (8 + (size if dtype != torch.float32 else 0))
     return Estimate(variant, weights, grads, optimizer, activations, transient, buffers,
-                    sum(p.numel() for p in trainable))
+                    sum(p.numel() for p in trainable), recompute)
 
 
 def plan(name_or_path: str, batch: int = 4, seq: int = 256, devices: int = 1,
          strategy: str = "ddp", dtype: str = "fp32", sparsity: float = 0.75,
-         variants: tuple[str, ...] = VARIANTS) -> list[Estimate]:
+         variants: tuple[str, ...] = VARIANTS, checkpointing: bool = False) -> list[Estimate]:
     """Every variant's :func:`estimate` for the model ``name_or_path`` names."""
     config = load_config(name_or_path)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    return [estimate(config, v, batch, seq, devices, strategy, torch_dtype, sparsity)
-            for v in variants]
+    return [estimate(config, v, batch, seq, devices, strategy, torch_dtype, sparsity,
+                     checkpointing=checkpointing) for v in variants]
 
 
 def format_plan(rows: list[Estimate]) -> str:
     """A markdown table in GiB with each variant's ratio to full fine-tuning (peak = weights +
-    Adam + buffers + max(activations + loss bwd, grads))."""
+    Adam + buffers + max(activations + loss bwd, grads [+ one layer recomputed])); the
+    ``recompute`` column appears under gradient checkpointing."""
     full = next((r.total for r in rows if r.variant == "full"), None)
-    lines = ["| variant | weights | grads | Adam | activations | loss bwd | buffers | peak GiB "
-             "| vs full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    recompute = any(r.recompute for r in rows)
+    header = ["variant", "weights", "grads", "Adam", "activations", "loss bwd",
+              *(["recompute"] if recompute else []), "buffers", "peak GiB", "vs full"]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for r in rows:
         ratio = f"{r.total / full:.2f}" if full else "-"
-        cells = [f"{x / GIB:.2f}" for x in (r.weights, r.gradients, r.optimizer, r.activations,
-                                             r.loss_transient, r.buffers, r.total)]
+        values = (r.weights, r.gradients, r.optimizer, r.activations, r.loss_transient,
+                  *((r.recompute,) if recompute else ()), r.buffers, r.total)
+        cells = [f"{x / GIB:.2f}" for x in values]
         lines.append(f"| {r.variant} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)

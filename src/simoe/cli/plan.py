@@ -39,6 +39,9 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
                    help="the base model's dtype (SIMoE's own parameters stay fp32)")
     p.add_argument("--sparsity", type=_fraction, default=0.75,
                    help="tau, for SIMoE after live compaction")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="as `simoe train --gradient-checkpointing` (one checkpoint per decoder "
+                        "layer)")
     p.set_defaults(func=_run_plan)
 
 
@@ -46,8 +49,10 @@ def _run_plan(args: argparse.Namespace) -> int:
     from ..planning import format_plan, plan
 
     rows = plan(args.model, batch=args.batch, seq=args.seq, devices=args.devices,
-                strategy=args.strategy, dtype=args.dtype, sparsity=args.sparsity)
+                strategy=args.strategy, dtype=args.dtype, sparsity=args.sparsity,
+                checkpointing=args.gradient_checkpointing)
+    gc = ", gradient checkpointing" if args.gradient_checkpointing else ""
     print(f"{args.model}: {args.batch} x {args.seq} tokens per device, {args.devices} "
-          f"device(s), {args.strategy}, {args.dtype}, Adam; GiB per device")
+          f"device(s), {args.strategy}, {args.dtype}{gc}, Adam; GiB per device")
     print(format_plan(rows))
     return 0
