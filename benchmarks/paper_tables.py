@@ -362,7 +362,10 @@ def _eval_job(model: str, eval_dir: Path, args: argparse.Namespace, run: Path | 
                   max_instances=args.eval_instances, batch_size=args.eval_batch_size,
                   max_source_len=args.eval_max_source_len, max_new_tokens=args.max_new_tokens,
                   device=args.eval_device)
-    record = {"job": {k: v for k, v in dataclasses.asdict(job).items() if k != "output"},
+    fields = {k: v for k, v in dataclasses.asdict(job).items() if k != "output"}
+    if fields["dtype"] == "fp32":  # the default; records from before EvalJob.dtype lack it
+        del fields["dtype"]
+    record = {"job": fields,
               "run_final_stats_sha256": _sha256(run / FINAL_STATS_NAME) if run else None}
     return job, record
 

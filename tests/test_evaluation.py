@@ -13,7 +13,7 @@ from conftest import SNI_MINI, STORIES, needs_shared
 from simoe import SIMoEConfig, SIMoEModel
 from simoe.cli import main
 from simoe.data import Example, encode_prompts
-from simoe.evaluation import LoadedModel, aggregate, exact_match, generate, rouge_l
+from simoe.evaluation import EvalJob, LoadedModel, aggregate, exact_match, generate, rouge_l
 
 CASES = [
     ("The cat sat on the mat.", ["the cat sat on the mat"]),          # case, punctuation
@@ -105,10 +105,11 @@ def test_simoe_eval_and_report_on_sni_mini(tmp_path, capsys):
                  "--max-steps", "4", "--max-instances-per-task", "4", "--max-target-len", "16",
                  *common]) == 0
     evals = {}
-    for name, model in (("base", str(STORIES)), ("simoe", str(run))):
+    for name, model in (("base", str(STORIES)), ("simoe", str(run)), ("simoe_bf16", str(run))):
         out = tmp_path / f"eval-{name}"
+        dtype = ["--dtype", "bf16"] if name.endswith("bf16") else []
         assert main(["eval", "--model", model, "--data", str(SNI_MINI), "--output", str(out),
-                     "--max-instances", "2", "--max-new-tokens", "8", *common]) == 0
+                     "--max-instances", "2", "--max-new-tokens", "8", *common, *dtype]) == 0
         assert {p.name for p in out.iterdir()} == {"predictions.jsonl", "metrics.json",
                                                     "report.md"}
         metrics = json.loads((out / "metrics.json").read_text())
@@ -117,10 +118,18 @@ def test_simoe_eval_and_report_on_sni_mini(tmp_path, capsys):
         preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         assert len(preds) == 66
         assert all(0.0 <= p["rougeL"] <= 100.0 for p in preds)
-        assert ("alpha" in preds[0]) == (name == "simoe")
-        if name == "simoe":
+        assert ("alpha" in preds[0]) == name.startswith("simoe")
+        assert metrics["dtype"] == ("bf16" if dtype else "fp32")
+        if name.startswith("simoe"):
             assert len(preds[0]["alpha"]) == 8 and sum(preds[0]["alpha"]) == pytest.approx(1.0)
         evals[name] = out
+    # a bf16 base routes and generates close to fp32: alpha to bf16's precision, most texts
+    fp32, bf16 = ([json.loads(x) for x in (evals[n] / "predictions.jsonl").read_text().splitlines()]
+                  for n in ("simoe", "simoe_bf16"))
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b["alpha"] == pytest.approx(a["alpha"], abs=0.02)
+    same = sum(a["prediction"] == b["prediction"] for a, b in zip(fp32, bf16, strict=True))
+    assert same >= 0.5 * len(fp32), same
     report = tmp_path / "table.md"
     capsys.readouterr()
     assert main(["report", str(evals["base"]), str(evals["simoe"]), "--output", str(report),
@@ -148,6 +157,11 @@ def test_eval_errors_are_clear(tmp_path, capsys):
     (sni / "splits" / "test_tasks.txt").write_text("")
     assert main(["eval", "--model", str(STORIES), "--data", str(sni), "--output", out]) == 2
     assert "no instances" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(STORIES), "--data", str(SNI_MINI), "--output", out,
+              "--dtype", "fp16"])
+    with pytest.raises(ValueError, match="--dtype must be one of fp32, bf16"):
+        EvalJob(model="m", data="d", output="o", dtype="fp16")
     (tmp_path / "notamodel").mkdir()
     assert main(["eval", "--model", str(tmp_path / "notamodel"), "--data", str(SNI_MINI),
                  "--output", out]) == 2

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import CONFIG_NAME
 from ..data import DataError, encode_prompts, load_examples
 from ..loading import resolve_model_reference
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_NAME = "predictions.jsonl"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.md"
+EVAL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -47,9 +50,13 @@ class EvalJob:
     num_pos_examples: int = 2
     device: str | None = None
     base_model: str | None = None
+    dtype: str = "fp32"  # the base model's weights (SIMoE's own parameters stay fp32)
 
     def __post_init__(self) -> None:
         """Refuse values no evaluation should accept, before any work (one line each)."""
+        if self.dtype not in EVAL_DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(EVAL_DTYPES)}, got "
+                             f"{self.dtype!r}")
         for name, minimum in (("max_instances", 1), ("batch_size", 1), ("max_source_len", 1),
                               ("max_new_tokens", 1), ("num_pos_examples", 0)):
             value = getattr(self, name)
@@ -79,7 +86,8 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
                              max_instances_per_task=job.max_instances)
     if not examples:
         raise DataError(f"{job.data}: split {job.split!r} has no instances to evaluate")
-    loaded = load_for_eval(job.model, device=job.device, base_model=job.base_model)
+    loaded = load_for_eval(job.model, dtype=EVAL_DTYPES[job.dtype], device=job.device,
+                           base_model=job.base_model)
     max_source = fit_source_length(loaded.model, job.max_source_len, job.max_new_tokens)
     routing = getattr(getattr(loaded.model, "simoe_config", None), "routing", None)
     if routing == "task":
@@ -107,6 +115,7 @@ def evaluate(job: EvalJob) -> dict[str, Any]:
     metrics["truncated_prompts"] = prompts.num_truncated
     metrics["max_source_len"] = max_source
     metrics["max_new_tokens"] = job.max_new_tokens
+    metrics["dtype"] = job.dtype
     metrics["wall_time_s"] = time.time() - start
 
     out_dir.mkdir(parents=True, exist_ok=True)
