@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             if not sep or not label or label in out:
                 p.error(f"{item!r}: expected a new LABEL=MODEL")
             head, at, dtype = model.rpartition("@")
-            model, dtype = (head, dtype) if at and dtype in EVAL_DTYPES else (model, "fp32")
+            if at and "/" not in dtype and dtype not in EVAL_DTYPES:
+                p.error(f"{item!r}: @{dtype} is not one of {', '.join(EVAL_DTYPES)}")
+            model, dtype = (head, dtype) if at and "/" not in dtype else (model, "fp32")
             model = default_model() if model == "DEFAULT" else model
             job = EvalJob(model=model, data=args.data, output=str(Path(tmp) / label),
                           split="test", max_instances=cpu["eval_instances"],

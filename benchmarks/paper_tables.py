@@ -363,7 +363,8 @@ def _eval_job(model: str, eval_dir: Path, args: argparse.Namespace, run: Path | 
                   max_source_len=args.eval_max_source_len, max_new_tokens=args.max_new_tokens,
                   device=args.eval_device)
     fields = {k: v for k, v in dataclasses.asdict(job).items() if k != "output"}
-    if fields["dtype"] == "fp32":  # the default; records from before EvalJob.dtype lack it
+    if fields["dtype"] == EvalJob.__dataclass_fields__["dtype"].default:  # records written
+        # before EvalJob had a dtype lack it: an evaluation at the default still matches them
         del fields["dtype"]
     record = {"job": fields,
               "run_final_stats_sha256": _sha256(run / FINAL_STATS_NAME) if run else None}

@@ -14,6 +14,7 @@ from simoe import SIMoEConfig, SIMoEModel
 from simoe.cli import main
 from simoe.data import Example, encode_prompts
 from simoe.evaluation import EvalJob, LoadedModel, aggregate, exact_match, generate, rouge_l
+from simoe.evaluation.generation import load_for_eval
 
 CASES = [
     ("The cat sat on the mat.", ["the cat sat on the mat"]),          # case, punctuation
@@ -128,6 +129,11 @@ def test_simoe_eval_and_report_on_sni_mini(tmp_path, capsys):
                   for n in ("simoe", "simoe_bf16"))
     for a, b in zip(fp32, bf16, strict=True):
         assert b["alpha"] == pytest.approx(a["alpha"], abs=0.02)
+    assert any(a["alpha"] != b["alpha"] for a, b in zip(fp32, bf16, strict=True))
+    loaded = load_for_eval(str(run), dtype=torch.bfloat16)
+    assert loaded.model.dtype == torch.bfloat16
+    assert {p.dtype for _, gd in loaded.model.gated_deltas() for p in gd.parameters()} \
+        == {torch.float32}
     same = sum(a["prediction"] == b["prediction"] for a, b in zip(fp32, bf16, strict=True))
     assert same >= 0.5 * len(fp32), same
     report = tmp_path / "table.md"

@@ -100,6 +100,19 @@ def test_paper_tables_tiny_run_and_reuse(tmp_path, capsys):
     assert "| SIMoE |" in (records / "table1.md").read_text()
 
 
+def test_committed_evaluation_records_still_match_an_fp32_invocation():
+    """Markers written before EvalJob had a dtype (the committed 128-step rows) equal the record
+    an fp32 invocation writes now, so --records keeps restoring them."""
+    pt = _load_script()
+    root = SCRIPT.parent / "results" / "paper_tables_128"
+    marker = json.loads((root / "evals" / "full" / pt.EVAL_MARKER).read_text())
+    assert "dtype" not in marker["job"]
+    args = pt.parse_args(["--steps", "128", "--model", "x.gguf", "--data", marker["job"]["data"]])
+    run = root / "training" / "full"
+    _, record = pt._eval_job(marker["job"]["model"], Path("evals/full"), args, run)
+    assert record == marker
+
+
 def test_bootstrap_is_paired_and_matches_the_point_estimate():
     pt = _load_script()
     per_task = {

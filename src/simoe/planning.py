@@ -17,12 +17,14 @@ larger of the two ends: all activations at its start, all gradients at its end.
 Gradient checkpointing (``checkpointing=True``, as ``--gradient-checkpointing`` trains:
 non-reentrant, one checkpoint per decoder layer) keeps only each layer's input hidden state and
 what runs outside the layers (embeddings, final norm, logits); backward rebuilds one layer's
-activations at a time, on top of the gradients accumulated so far (``recompute``):
+activations at a time, on top of what is alive then (``recompute`` = what it adds to the
+gradients): at the last layer every checkpoint and the gradients outside the layers, at the
+first every gradient. Peak:
 
-    ... + max(outside + layers x hidden state + loss transient, gradients + one layer's)
+    ... + max(outside + layers x hidden state + loss transient, gradients + recompute)
 
-which leaves out the temporaries of one layer's backward: 2-5% below a real step's peak on a
-tiny Llama, within 5% on SmolLM2-135M (benchmarks/train_cost.py compares).
+It leaves out the temporaries of one layer's backward: within 8% of a real step's peak on tiny
+Llama and GPT-2 models (tests), within 5% on SmolLM2-135M (benchmarks/train_cost.py).
 
 FSDP shards weights, gradients and moments over the devices and gathers one decoder layer's
 weights at a time. Sparse upcycling's expert dispatch is data-dependent and cannot run on meta
@@ -37,16 +39,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .baselines.upcycle import mixtral_config_from_dense
+from .baselines.upcycle import check_upcyclable, mixtral_config_from_dense
 from .config import SIMoEConfig
 from .model import SIMoEModel
+
+logger = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
 ATTENTION = "simoe_plan_fused"
@@ -188,12 +194,16 @@ def _forward(model: nn.Module, batch: int, seq: int, **kwargs: Any) -> None:
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The decoder's list of layers (the first ModuleList named ``*layers`` or ``*.h``)."""
-    for name, module in model.named_modules():
-        if (name.endswith("layers") or name.endswith(".h")) and isinstance(module, nn.ModuleList) \
-                and len(module):
-            return module
-    return None
+    """The list of blocks transformers checkpoints (``GradientCheckpointingLayer``: Llama's
+    decoder layers, GPT-2's blocks; the text decoder's, not a vision tower's, when both exist)."""
+    found = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)
+             and isinstance(m[0], GradientCheckpointingLayer)]
+    if not found:
+        return None
+    config = getattr(model, "config", None)
+    wanted = getattr(config.get_text_config(), "num_hidden_layers", None) \
+        if hasattr(config, "get_text_config") else None
+    return next((layers for layers in found if len(layers) == wanted), found[0])
 
 
 def _mlp_type(model: nn.Module) -> tuple[type, ...]:
@@ -258,6 +268,7 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
     layers = _decoder_layers(model)
     groups = {"layers": (type(layers[0]),)} if layers is not None else {}
     if variant == "upcycle":
+        check_upcyclable(model)
         for p in model.parameters():
             p.requires_grad_(True)
         groups["mlp"] = _mlp_type(model)
@@ -275,6 +286,14 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     weights, grads = _bytes(params), _bytes(trainable)
+    optimizer = 2 * grads
+    buffers = 0
+    sharded = devices > 1 and strategy == "fsdp"
+    if devices > 1 and strategy == "ddp":
+        buffers = grads  # DDP's gradient buckets
+    elif sharded:  # FSDP: shards, plus one layer's weights gathered at a time
+        weights, grads, optimizer = (-(-x // devices) for x in (weights, grads, optimizer))
+        buffers = 2 * _largest_layer(model)
     recompute = 0
     if checkpointing:
         if layers is None:
@@ -284,19 +303,15 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
             torch.empty((), dtype=dtype).element_size()
         activations = activations - inside + n * hidden_state
         # Backward at layer l holds the checkpoints of layers 0..l, the gradients of the layers
-        # above and of what lies outside them, and layer l rebuilt (plus its input's gradient):
-        # the worst l is the last (every checkpoint) or the first (every gradient).
+        # above and of what lies outside them (each device's shard under FSDP), layer l's own
+        # gradient in full (before FSDP's reduce-scatter), layer l rebuilt and its input's
+        # gradient: the worst l is the last (every checkpoint) or the first (every gradient).
         layer_grads = [_bytes([p for p in layer.parameters() if p.requires_grad])
                        for layer in _decoder_layers(model)]
-        top = grads - sum(layer_grads) + max(layer_grads) + n * hidden_state
-        recompute = -(-inside // n) + hidden_state + max(top - grads, hidden_state)
-    optimizer = 2 * grads
-    buffers = 0
-    if devices > 1 and strategy == "ddp":
-        buffers = grads  # DDP's gradient buckets
-    elif devices > 1:  # FSDP: shards, plus one layer's weights gathered at a time
-        weights, grads, optimizer = (-(-x // devices) for x in (weights, grads, optimizer))
-        buffers = 2 * _largest_layer(model)
+        share = (lambda x: -(-x // devices)) if sharded else (lambda x: x)  # noqa: E731
+        top = grads - share(sum(layer_grads)) + max(layer_grads) + n * hidden_state
+        bottom = grads + hidden_state + max(layer_grads) - share(max(layer_grads))
+        recompute = -(-inside // n) + hidden_state + max(top, bottom) - grads
     vocab = config.get_text_config().vocab_size
     size = torch.empty((), dtype=dtype).element_size()
     transient = batch * seq * vocab * (8 + (size if dtype != torch.float32 else 0))
@@ -307,11 +322,20 @@ def estimate(config: PretrainedConfig, variant: str, batch: int, seq: int, devic
 def plan(name_or_path: str, batch: int = 4, seq: int = 256, devices: int = 1,
          strategy: str = "ddp", dtype: str = "fp32", sparsity: float = 0.75,
          variants: tuple[str, ...] = VARIANTS, checkpointing: bool = False) -> list[Estimate]:
-    """Every variant's :func:`estimate` for the model ``name_or_path`` names."""
+    """Every variant's :func:`estimate` for the model ``name_or_path`` names; a variant the
+    architecture does not support (sparse upcycling of GPT-2) is left out with a warning."""
     config = load_config(name_or_path)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    return [estimate(config, v, batch, seq, devices, strategy, torch_dtype, sparsity,
-                     checkpointing=checkpointing) for v in variants]
+    rows = []
+    for v in variants:
+        try:
+            rows.append(estimate(config, v, batch, seq, devices, strategy, torch_dtype, sparsity,
+                                 checkpointing=checkpointing))
+        except ValueError as err:
+            if v == "full" or len(variants) == 1:
+                raise
+            logger.warning("%s not planned: %s", v, err)
+    return rows
 
 
 def format_plan(rows: list[Estimate]) -> str:

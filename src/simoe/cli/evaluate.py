@@ -8,7 +8,7 @@ from .common import FORMATTER
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    from ..evaluation.run import EvalJob
+    from ..evaluation.run import EVAL_DTYPES, EvalJob
 
     d = EvalJob(model="", data="", output="")
     p = sub.add_parser("eval", help="generate and score ROUGE-L per task and category",
@@ -26,9 +26,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                    help="greedy decoding stops at EOS or after this many tokens")
     p.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default=d.dtype,
+    p.add_argument("--dtype", choices=list(EVAL_DTYPES), default=d.dtype,
                    help="the base model's weights; a SIMoE run's deltas, gates and router stay "
-                        "fp32 (bf16 is faster on CPUs and GPUs with bf16 matmuls)")
+                        "fp32 (bf16 is faster where matmuls have bf16 units: recent GPUs, CPUs "
+                        "with AVX512-BF16/AMX)")
     p.add_argument("--base-model", default=None,
                    help="SIMoE run: load this base model instead of the path the run recorded "
                         "(when the base has moved; its files must match the recorded "
